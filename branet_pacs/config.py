@@ -1,0 +1,92 @@
+"""Configuration: typed defaults here, overridden by a TOML file (config/branet.toml is the documented copy)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "config" / "branet.toml"
+DEFAULT_MODELS_DIR = REPO_ROOT / "models"
+
+
+@dataclass(frozen=True)
+class IngestRules:
+    """Which instances count as breast images (DICOM PS3.3 vocabulary)."""
+
+    # Modalities analysed whatever their body part (a PACS routed them here).
+    breast_modalities: tuple[str, ...] = ("MG", "US")
+    # Modalities analysed only when BodyPartExamined is one of `breast_body_parts`.
+    body_part_modalities: tuple[str, ...] = ("DX", "CR", "RG", "SC", "OT")
+    breast_body_parts: tuple[str, ...] = ("BREAST",)
+    # US with an empty BodyPartExamined is accepted; a different body part is skipped.
+    accept_us_without_body_part: bool = True
+    # MG "FOR PROCESSING" (raw detector) images are skipped unless enabled.
+    accept_for_processing: bool = False
+    # Multi-frame US: "representative" (one frame) or "all".
+    us_frames: str = "representative"
+    # Largest number of frames decoded from one multi-frame instance when us_frames = "all".
+    max_frames: int = 64
+
+
+@dataclass(frozen=True)
+class SegmentationSettings:
+    segmenter: str = "litemedsam"          # "litemedsam" or "sam"
+    sam_checkpoint: str = ""               # user-supplied SAM ViT checkpoint (segment-anything)
+    sam_model_type: str = "vit_b"          # vit_b | vit_l | vit_h
+    max_findings: int = 3                  # most lesions reported per image
+    min_proposal_score: float = 0.5        # detector confidence below which a candidate is dropped
+    roi_margin: float = 0.15               # context around the lesion box, as a fraction of its size
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    series_description_prefix: str = "BraNet RESEARCH USE ONLY"
+    seg_series_number: int = 9801
+    sr_series_number: int = 9802
+    institution_name: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    ingest: IngestRules = field(default_factory=IngestRules)
+    segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    models_dir: str = str(DEFAULT_MODELS_DIR)
+    device: str = "auto"                   # "auto", "cpu", "cuda"
+    threads: int = 0                       # torch intra-op threads; 0 = number of cores
+
+
+def _merge(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
+        default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING \
+            else known[key].default
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: [{key}] must be a table")
+            kwargs[key] = _merge(type(default), value, f"{where} [{key}]")
+        elif isinstance(default, tuple):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Defaults, overridden by `path` (or config/branet.toml when it exists and no path is given)."""
+    path = Path(path) if path else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+    if path is None:
+        return Config()
+    with open(path, "rb") as handle:
+        values = tomllib.load(handle)
+    config = _merge(Config, values, str(path))
+    if not Path(config.models_dir).is_absolute():
+        config = dataclasses.replace(config, models_dir=str((Path(path).parent / config.models_dir).resolve()))
+    return config

@@ -1,0 +1,1 @@
+"""Image-space operations on plain numpy arrays: ROI extraction, mask geometry, MG breast masks."""

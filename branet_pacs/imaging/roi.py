@@ -1,0 +1,65 @@
+"""The one ROI code path: pipeline, `branet prepare`, training and evaluation all cut ROIs here.
+
+A ROI is the lesion box widened by a context margin, made square around its centre (so the lesion keeps its
+aspect ratio), padded with black where it leaves the image, contrast-stretched to its own 1st-99th percentiles
+(so gain and dynamic-range differences between scanners matter less), resized to 128x128 and mapped to [-1, 1]
+(mean 0.5, std 0.5, as in the BraNet paper).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.transform import resize
+
+from branet_pacs.types import Box
+
+ROI_SIZE = 128
+DEFAULT_MARGIN = 0.15
+
+
+def roi_window(box: Box, margin: float = DEFAULT_MARGIN) -> Box:
+    """Square window around `box`, widened by `margin` of the box size on every side (may leave the image)."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin)
+    side = max(int(round(side)), 8)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    wx0, wy0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    return wx0, wy0, wx0 + side, wy0 + side
+
+
+def crop_padded(image: np.ndarray, window: Box) -> np.ndarray:
+    """Crop `window` from a 2-D image, padding with zeros outside it."""
+    x0, y0, x1, y1 = window
+    h, w = image.shape
+    out = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
+
+
+def stretch(crop: np.ndarray) -> np.ndarray:
+    """Map the crop's 1st-99th percentile range onto [0, 1]."""
+    lo, hi = np.percentile(crop, (1.0, 99.0))
+    if hi - lo < 1e-6:
+        return np.zeros_like(crop, dtype=np.float32)
+    return np.clip((crop - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def extract_roi(image: np.ndarray, box: Box, margin: float = DEFAULT_MARGIN) -> np.ndarray:
+    """ROI tensor (128, 128) float32 in [-1, 1] for the lesion `box` on `image` (2-D, float in [0, 1])."""
+    if image.ndim != 2:
+        raise ValueError(f"extract_roi expects a 2-D grayscale image, got shape {image.shape}")
+    crop = crop_padded(image.astype(np.float32, copy=False), roi_window(box, margin))
+    small = resize(stretch(crop), (ROI_SIZE, ROI_SIZE), order=1, anti_aliasing=True, preserve_range=True)
+    return ((small.astype(np.float32) - 0.5) / 0.5).clip(-1.0, 1.0)
+
+
+def roi_to_uint8(roi: np.ndarray) -> np.ndarray:
+    """A [-1, 1] ROI as an 8-bit image (for PNG datasets and thumbnails)."""
+    return np.round((roi + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+
+
+def uint8_to_roi(pixels: np.ndarray) -> np.ndarray:
+    """Inverse of roi_to_uint8: an 8-bit ROI PNG back to the classifier's [-1, 1] float input."""
+    return (pixels.astype(np.float32) / 127.5 - 1.0).clip(-1.0, 1.0)

@@ -1,0 +1,1 @@
+"""Model loading and inference: lesion detector (proposals), segmenters (SAM family), malignancy classifier."""

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Idempotent set-up: Debian packages, a venv at .venv (Debian's CPython 3.11, the one orthanc-python embeds),
+# and this package installed editable. Re-running does only what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  orthanc orthanc-python orthanc-dicomweb   # the DICOM server and our plugin host
+  dcmtk                                      # storescu / dsrdump / dcmcjpeg ...: real modality + SR dump
+  dicom3tools                                # dciodvfy / dcentvfy: IOD validators
+  pixelmed-apps libpixelmed-java             # DicomSRValidator (TID 1500 checks)
+  default-jre-headless
+  python3-venv python3-dev
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+PY=/usr/bin/python3.11
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+
+# Reinstall only when the dependency list changed.
+stamp=".venv/.branet-installed"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/branet ]; then
+  echo "setup: installing Python dependencies into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$want" > "$stamp"
+fi
+echo "setup: ok ($(.venv/bin/python --version), branet at .venv/bin/branet)"
