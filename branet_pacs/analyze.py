@@ -1,0 +1,163 @@
+"""`branet analyze PATH... --out DIR`: every file in, SEG + SR per breast image out, and a results.csv that says
+what happened to every file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from branet_pacs.config import Config, load_config
+from branet_pacs.dicom.ingest import ingest_file
+from branet_pacs.pipeline import Analyzer, InstanceAnalysis
+from branet_pacs.types import Box, ImageResult, ResultRow, Status
+
+log = logging.getLogger(__name__)
+
+RESULTS_CSV = "results.csv"
+
+
+def iter_input_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Files named directly, and every file under named folders (recursive, sorted, hidden files skipped)."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
+                    yield child
+        else:
+            yield path
+
+
+def output_stem(result: ImageResult) -> str:
+    image = result.image
+    stem = image.sop_instance_uid
+    return f"{stem}_f{image.frame_number}" if image.frame_number else stem
+
+
+def write_outputs(result: ImageResult, out_dir: Path) -> tuple[str, str]:
+    """Write SEG (if any) and SR under out_dir/<StudyInstanceUID>/; returns their paths relative to out_dir."""
+    study_dir = out_dir / result.image.study_instance_uid
+    study_dir.mkdir(parents=True, exist_ok=True)
+    stem = output_stem(result)
+    seg_rel = sr_rel = ""
+    if result.seg is not None:
+        seg_path = study_dir / f"{stem}_seg.dcm"
+        result.seg.save_as(seg_path, enforce_file_format=True)
+        seg_rel = str(seg_path.relative_to(out_dir))
+    if result.sr is not None:
+        sr_path = study_dir / f"{stem}_sr.dcm"
+        result.sr.save_as(sr_path, enforce_file_format=True)
+        sr_rel = str(sr_path.relative_to(out_dir))
+    return seg_rel, sr_rel
+
+
+def result_rows(analysis: InstanceAnalysis, out_dir: Path | None) -> list[ResultRow]:
+    """results.csv rows for one instance: one per finding, one for an image without finding, one per failure."""
+    outcome = analysis.outcome
+    header = outcome.dataset
+    base = ResultRow(
+        source=outcome.source,
+        sop_instance_uid=str(getattr(header, "SOPInstanceUID", "")) if header is not None else "",
+        study_instance_uid=str(getattr(header, "StudyInstanceUID", "")) if header is not None else "",
+        modality=str(getattr(header, "Modality", "")) if header is not None else "")
+    if outcome.status is not Status.OK:
+        return [dataclasses.replace(base, status=outcome.status, reason=outcome.reason)]
+    rows: list[ResultRow] = []
+    for result in analysis.results:
+        seg_file, sr_file = write_outputs(result, out_dir) if out_dir is not None else ("", "")
+        frame = f"frame {result.image.frame_number}: " if result.image.frame_number else ""
+        row = dataclasses.replace(base, modality=result.image.modality, seg_file=seg_file, sr_file=sr_file)
+        if not result.findings:
+            rows.append(dataclasses.replace(row, reason=f"{frame}analysed, no lesion found"))
+        for finding in result.findings:
+            rows.append(dataclasses.replace(
+                row, reason=f"{frame}{finding.prompt} prompt".strip(), finding=finding.index, label=finding.label,
+                p_malignant=finding.p_malignant, box=finding.box))
+    for image, reason in analysis.failures:
+        frame = f"frame {image.frame_number}: " if image.frame_number else ""
+        rows.append(dataclasses.replace(base, status=Status.ERROR, reason=f"{frame}{reason}"))
+    return rows
+
+
+def analyze_paths(paths: Iterable[str | Path], out_dir: Path, config: Config,
+                  boxes: list[Box] | None = None, progress: bool = True) -> list[ResultRow]:
+    """Analyse every file, write outputs and results.csv (rewritten as it goes, so a crash keeps what was done)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    analyzer = Analyzer(config)
+    files = list(iter_input_files(paths))
+    rows: list[ResultRow] = []
+    csv_path = out_dir / RESULTS_CSV
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ResultRow.CSV_COLUMNS)
+        writer.writeheader()
+        for path in tqdm(files, desc="analyze", unit="file", disable=not progress):
+            outcome = ingest_file(path, config.ingest)
+            analysis = analyzer.analyze_outcome(outcome, boxes)
+            for row in result_rows(analysis, out_dir):
+                row = dataclasses.replace(row, source=str(path))
+                rows.append(row)
+                writer.writerow(row.as_csv_row())
+            handle.flush()
+    return rows
+
+
+def parse_box(text: str) -> Box:
+    try:
+        x0, y0, x1, y1 = (int(round(float(v))) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--box wants x0,y0,x1,y1 in pixels, got {text!r}") from None
+    if x1 <= x0 or y1 <= y0:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: x1 must exceed x0 and y1 exceed y0")
+    return x0, y0, x1, y1
+
+
+def print_summary(rows: list[ResultRow]) -> None:
+    print(f"{'status':8} {'modality':8} {'finding':7} {'label':10} {'p_malig':>7}  source / reason")
+    for row in rows:
+        p = "" if row.p_malignant is None else f"{row.p_malignant:.3f}"
+        print(f"{row.status.value:8} {row.modality:8} {'' if row.finding is None else row.finding!s:7} "
+              f"{row.label:10} {p:>7}  {Path(row.source).name}: {row.reason}")
+    counts = {s: sum(r.status is s for r in rows) for s in Status}
+    print(f"rows: {len(rows)}  ok: {counts[Status.OK]}  skipped: {counts[Status.SKIPPED]}  error: {counts[Status.ERROR]}")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    segmentation = config.segmentation
+    if args.segmenter:
+        segmentation = dataclasses.replace(segmentation, segmenter=args.segmenter)
+    if args.sam_checkpoint:
+        segmentation = dataclasses.replace(segmentation, segmenter="sam", sam_checkpoint=args.sam_checkpoint)
+    if args.sam_model_type:
+        segmentation = dataclasses.replace(segmentation, sam_model_type=args.sam_model_type)
+    config = dataclasses.replace(config, segmentation=segmentation)
+    if args.models_dir:
+        config = dataclasses.replace(config, models_dir=str(Path(args.models_dir).resolve()))
+    out_dir = Path(args.out)
+    rows = analyze_paths(args.paths, out_dir, config, boxes=args.box or None, progress=not args.no_progress)
+    if not args.quiet:
+        print_summary(rows)
+    print(f"results: {out_dir / RESULTS_CSV}")
+    return 1 if any(row.status is Status.ERROR for row in rows) else 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("analyze", help="analyse DICOM files/folders; write SEG + SR + results.csv",
+                                   description=__doc__)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders (searched recursively)")
+    parser.add_argument("--out", required=True, help="output folder (DIR/<StudyInstanceUID>/..., DIR/results.csv)")
+    parser.add_argument("--config", help="TOML settings (default: config/branet.toml)")
+    parser.add_argument("--box", action="append", type=parse_box, metavar="x0,y0,x1,y1",
+                        help="lesion box on the source frame (repeatable); skips automatic proposals")
+    parser.add_argument("--segmenter", choices=["litemedsam", "sam"])
+    parser.add_argument("--sam-checkpoint", help="SAM ViT checkpoint file (implies --segmenter sam)")
+    parser.add_argument("--sam-model-type", choices=["vit_b", "vit_l", "vit_h"])
+    parser.add_argument("--models-dir", help="folder with manifest.json and weights (default: models/)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no summary table")
+    parser.set_defaults(func=run)

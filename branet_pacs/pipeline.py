@@ -1,0 +1,207 @@
+"""ingest -> proposals -> segment -> ROI -> classify -> encode, for one breast image at a time.
+
+`Analyzer` loads each model once and keeps it; `analyze_image` is the unit of work on one `BreastImage`,
+`analyze_outcome` the unit on one ingested instance (what the CLI, the Orthanc worker and re-analysis call).
+Automatic path (no box given): the modality's lesion detector proposes boxes on the whole image, the segmenter
+turns each box into a mask, and the mask's bounding box is cut into the classifier's ROI — the same box rule
+`branet prepare` uses on ground-truth masks, so training and inference see the same kind of ROI.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from branet_pacs.config import Config
+from branet_pacs.dicom.seg import build_seg
+from branet_pacs.dicom.sr import build_sr
+from branet_pacs.imaging.geometry import box_iou, mask_box, mask_outline
+from branet_pacs.imaging.roi import extract_roi
+from branet_pacs.models.errors import ModelUnavailable
+from branet_pacs.types import Box, BreastImage, Finding, ImageResult, IngestOutcome, ModelInfo, Status
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_MASK_IOU = 0.5   # two proposals whose masks overlap this much are one lesion
+
+
+@dataclass(frozen=True)
+class Prompt:
+    box: Box           # in BreastImage.pixels coordinates
+    score: float
+    kind: str          # "auto" | "box"
+
+
+@dataclass(frozen=True)
+class InstanceAnalysis:
+    """The outcome of one input instance: ingest decision, per-image results, and per-image failures."""
+
+    outcome: IngestOutcome
+    results: tuple[ImageResult, ...] = ()
+    failures: tuple[tuple[BreastImage, str], ...] = ()
+
+    @property
+    def status(self) -> Status:
+        if self.outcome.status is not Status.OK:
+            return self.outcome.status
+        return Status.ERROR if self.failures else Status.OK
+
+
+@dataclass
+class Analyzer:
+    """Holds loaded models; safe to reuse for many images in one process (not thread-safe)."""
+
+    config: Config
+    _cache: dict[tuple[str, str], object] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        from branet_pacs.models.runtime import configure_torch
+        configure_torch(self.config.threads)
+
+    # --- models, loaded once -------------------------------------------------------------------------------------
+    def _load(self, key: tuple[str, str], loader):
+        if key not in self._cache:
+            try:
+                self._cache[key] = loader()
+            except ModelUnavailable as exc:
+                self._cache[key] = exc
+        value = self._cache[key]
+        if isinstance(value, ModelUnavailable):
+            raise value
+        return value
+
+    def segmenter(self):
+        from branet_pacs.models.segmenter import make_segmenter
+        return self._load(("segmenter", ""), lambda: make_segmenter(self.config.segmentation, self.config.device))
+
+    def classifier(self, modality: str):
+        from branet_pacs.models.classifier import MalignancyClassifier
+        return self._load(("classifier", modality), lambda: MalignancyClassifier.load(
+            self.config.models_dir, modality, device=self.config.device))
+
+    def detector(self, modality: str):
+        from branet_pacs.models.detector import LesionDetector
+        return self._load(("detector", modality), lambda: LesionDetector.load(
+            self.config.models_dir, modality, device=self.config.device))
+
+    def model_info(self, modality: str, automatic: bool) -> ModelInfo:
+        classifier = self.classifier(modality)
+        detector = self.detector(modality) if automatic else None
+        return ModelInfo(classifier_name=classifier.name, classifier_version=classifier.version,
+                         threshold=classifier.threshold, segmenter_name=self.segmenter().name,
+                         detector_name=detector.name if detector else None,
+                         detector_version=detector.version if detector else None)
+
+    # --- the unit of work -----------------------------------------------------------------------------------------
+    def prompts(self, image: BreastImage, boxes: Sequence[Box] | None) -> list[Prompt]:
+        """User boxes (source-frame coordinates) mapped into the image, or the detector's proposals."""
+        if boxes:
+            return [Prompt(box, 1.0, "box") for box in (_frame_to_image(b, image) for b in boxes) if box]
+        settings = self.config.segmentation
+        proposals = self.detector(image.modality).propose(
+            image.pixels, valid_mask=image.breast_mask, max_proposals=settings.max_findings,
+            min_score=settings.min_proposal_score)
+        return [Prompt(p.box, float(p.score), "auto") for p in proposals]
+
+    def analyze_image(self, image: BreastImage, boxes: Sequence[Box] | None = None) -> ImageResult:
+        """Find, segment and classify lesions on one image and encode SEG (when any finding) + SR."""
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = timings.get(stage, 0.0) + now - clock
+            clock = now
+
+        models = self.model_info(image.modality, automatic=not boxes)  # fails early when weights are missing
+        lap("load")
+        prompts = self.prompts(image, boxes)
+        lap("propose")
+        masks = self.segmenter().segment(image.pixels, [p.box for p in prompts]) if prompts else []
+        lap("segment")
+        kept = _distinct_lesions(image, prompts, masks)
+        rois = [extract_roi(image.pixels, box, self.config.segmentation.roi_margin) for _, _, box in kept]
+        lap("preprocess")
+        classifier = self.classifier(image.modality)
+        probabilities = classifier.predict(np.stack(rois)) if rois else np.zeros(0)
+        lap("classify")
+        findings = tuple(
+            _finding(index, image, prompt, mask, roi, float(p), classifier.label(float(p)))
+            for index, ((prompt, mask, _), roi, p) in enumerate(zip(kept, rois, probabilities), start=1))
+        settings = self.config.output
+        seg = build_seg(image, findings, models, settings) if findings else None
+        sr = build_sr(image, findings, models, seg, settings)
+        lap("encode")
+        log.info("analysed SOP %s frame %s: %d finding(s)", image.sop_instance_uid, image.frame_number, len(findings))
+        return ImageResult(image=image, findings=findings, models=models, seg=seg, sr=sr, timings=timings)
+
+    def analyze_outcome(self, outcome: IngestOutcome, boxes: Sequence[Box] | None = None) -> InstanceAnalysis:
+        """Analyse every image of one ingested instance; a failing image is recorded, the others still run."""
+        results: list[ImageResult] = []
+        failures: list[tuple[BreastImage, str]] = []
+        for image in outcome.images:
+            try:
+                results.append(self.analyze_image(image, boxes))
+            except ModelUnavailable as exc:
+                failures.append((image, f"model unavailable: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others; the reason is kept
+                log.exception("analysis failed for SOP %s", image.sop_instance_uid)
+                failures.append((image, f"analysis failed: {type(exc).__name__}: {exc}"))
+        return InstanceAnalysis(outcome=outcome, results=tuple(results), failures=tuple(failures))
+
+
+def _frame_to_image(box: Box, image: BreastImage) -> Box | None:
+    """A source-frame box clipped to the analysed region and shifted into `image.pixels` coordinates."""
+    rx0, ry0, rx1, ry1 = image.region
+    x0, y0, x1, y1 = max(box[0], rx0), max(box[1], ry0), min(box[2], rx1), min(box[3], ry1)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0
+
+
+def _distinct_lesions(image: BreastImage, prompts: Sequence[Prompt],
+                      masks: Sequence[np.ndarray]) -> list[tuple[Prompt, np.ndarray, Box]]:
+    """Pair prompts with usable masks, dropping masks that duplicate a better-scored one.
+
+    A mask is clipped to the breast (MG); when the segmenter returns nothing inside the box, the box itself is the
+    mask, so a user-drawn box always yields a finding.
+    """
+    kept: list[tuple[Prompt, np.ndarray, Box]] = []
+    for prompt, mask in sorted(zip(prompts, masks), key=lambda pm: -pm[0].score):
+        mask = mask.astype(bool)
+        if image.breast_mask is not None:
+            mask &= image.breast_mask
+        box = mask_box(mask)
+        if box is None:
+            mask = np.zeros(image.pixels.shape, dtype=bool)
+            x0, y0, x1, y1 = prompt.box
+            mask[y0:y1, x0:x1] = True
+            box = prompt.box
+        if any(_mask_iou(mask, other) > DUPLICATE_MASK_IOU or box_iou(box, other_box) > 0.7
+               for _, other, other_box in kept):
+            continue
+        kept.append((prompt, mask, box))
+    return kept
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def _finding(index: int, image: BreastImage, prompt: Prompt, mask: np.ndarray, roi: np.ndarray,
+             p_malignant: float, label: str) -> Finding:
+    """Place an image-space mask into the source frame and describe it there."""
+    rx0, ry0, _, _ = image.region
+    frame_mask = np.zeros(image.frame_shape, dtype=bool)
+    h, w = mask.shape
+    frame_mask[ry0:ry0 + h, rx0:rx0 + w] = mask
+    box = mask_box(frame_mask)
+    assert box is not None
+    return Finding(index=index, box=box, mask=frame_mask, outline=mask_outline(frame_mask), roi=roi,
+                   p_malignant=p_malignant, label=label, proposal_score=prompt.score, prompt=prompt.kind)
