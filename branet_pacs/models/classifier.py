@@ -1,0 +1,183 @@
+"""Benign/malignant ROI classifier: a 1-channel, 2-class torchvision ResNet18 loaded from the model manifest.
+
+Weights are safetensors (fp16 or fp32 on disk, fp32 in memory). A file may hold one network or an ensemble
+(e.g. the cross-validation folds): ensemble members are stored under the key prefix ``member<i>.`` and their
+probabilities are averaged.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from torchvision.models import resnet18
+
+from branet_pacs.models.errors import ModelUnavailable
+from branet_pacs.models.manifest import ModelEntry, find_model, verified_weights_path
+from branet_pacs.models.runtime import select_device
+
+ROI_SIZE = 128
+BATCH_SIZE = 64
+MALIGNANT_CLASS = 1          # logits are (benign, malignant)
+_MEMBER_PREFIX = "member"
+
+
+def build_resnet18(dropout: float = 0.5) -> nn.Module:
+    """ResNet18 (random init) for (n, 1, 128, 128) inputs: 1-channel stem, dropout, then a 2-class head.
+
+    State-dict keys are torchvision's, with the head at ``fc.1`` (``fc.0`` is the dropout).
+    """
+    net = resnet18(weights=None)
+    net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.fc = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(net.fc.in_features, 2))
+    return net
+
+
+def save_classifier(model: nn.Module | Sequence[nn.Module], path: str | Path, half: bool = True) -> None:
+    """Write one network, or an ensemble of networks, as safetensors (floating tensors in fp16 when `half`)."""
+    members = [model] if isinstance(model, nn.Module) else list(model)
+    if not members:
+        raise ValueError("save_classifier needs at least one network")
+    tensors: dict[str, torch.Tensor] = {}
+    for index, member in enumerate(members):
+        prefix = f"{_MEMBER_PREFIX}{index}." if len(members) > 1 else ""
+        for key, value in member.state_dict().items():
+            value = value.detach().to("cpu")
+            if half and value.is_floating_point():
+                value = value.half()
+            tensors[prefix + key] = value.contiguous()
+    metadata = {"format": "pt", "architecture": "resnet18-1ch-2cls", "members": str(len(members))}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def load_classifier_networks(path: str | Path, dropout: float = 0.5) -> list[nn.Module]:
+    """The network(s) stored in a safetensors file by `save_classifier`, in fp32, eval mode, on the CPU."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise ModelUnavailable(f"cannot read classifier weights {path}: {exc}") from exc
+    groups: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if value.is_floating_point():
+            value = value.float()
+        head, _, rest = key.partition(".")
+        if head.startswith(_MEMBER_PREFIX) and head[len(_MEMBER_PREFIX):].isdigit():
+            groups.setdefault(int(head[len(_MEMBER_PREFIX):]), {})[rest] = value
+        else:
+            groups.setdefault(0, {})[key] = value
+    networks = []
+    for index in sorted(groups):
+        net = build_resnet18(dropout)
+        try:
+            net.load_state_dict(groups[index], strict=True)
+        except RuntimeError as exc:
+            raise ModelUnavailable(f"classifier weights {path} do not fit a 1-channel 2-class ResNet18: {exc}") \
+                from exc
+        networks.append(net.eval())
+    return networks
+
+
+@dataclass(frozen=True)
+class _CacheKey:
+    weights: str
+    sha256: str
+    device: str
+    dropout: float
+
+
+_cache: dict[_CacheKey, list[nn.Module]] = {}
+_cache_lock = threading.Lock()
+
+
+def _networks(path: Path, entry: ModelEntry, device: torch.device) -> list[nn.Module]:
+    dropout = float(entry.extra.get("dropout", 0.5))
+    key = _CacheKey(str(path), entry.sha256, str(device), dropout)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = [net.to(device) for net in load_classifier_networks(path, dropout)]
+        return _cache[key]
+
+
+class MalignancyClassifier:
+    """p(malignant) for 128x128 ROIs in [-1, 1] (as made by `branet_pacs.imaging.roi.extract_roi`)."""
+
+    def __init__(self, entry: ModelEntry, networks: list[nn.Module], device: torch.device) -> None:
+        if entry.threshold is None:
+            raise ModelUnavailable(f"classifier '{entry.name}' has no decision threshold in the manifest")
+        self.entry = entry
+        self.name = entry.name
+        self.version = entry.version
+        self.threshold = float(entry.threshold)
+        self.modality = entry.modality
+        self.device = device
+        self.tta = bool(entry.extra.get("tta", False))
+        self.roi_size = int(entry.input.get("size", ROI_SIZE))
+        self._networks = networks
+
+    @classmethod
+    def load(cls, models_dir: str | Path, modality: str, device: str | torch.device = "auto",
+             name: str | None = None) -> "MalignancyClassifier":
+        """The manifest's classifier for `modality` (highest version, or the one called `name`).
+
+        Raises ModelUnavailable when there is none, or its file is missing or fails its checksum.
+        Networks are loaded once per process and weights file.
+        """
+        entry = find_model(models_dir, "classifier", modality, name=name)
+        path = verified_weights_path(models_dir, entry)
+        torch_device = device if isinstance(device, torch.device) else select_device(device)
+        return cls(entry, _networks(path, entry, torch_device), torch_device)
+
+    @property
+    def roi_margin(self) -> float | None:
+        """Context margin the model was trained with (manifest input spec), None when not recorded."""
+        margin = self.entry.input.get("margin")
+        return None if margin is None else float(margin)
+
+    @property
+    def ensemble_size(self) -> int:
+        return len(self._networks)
+
+    def predict(self, rois: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """p(malignant), shape (n,), for ROIs of shape (n, 128, 128) (or one ROI (128, 128) -> shape (1,))."""
+        rois = np.asarray(rois, dtype=np.float32)
+        if rois.ndim == 2:
+            rois = rois[None]
+        size = self.roi_size
+        if rois.ndim != 3 or rois.shape[1:] != (size, size):
+            raise ValueError(f"expected ROIs of shape (n, {size}, {size}), got {rois.shape}")
+        if rois.shape[0] == 0:
+            return np.zeros((0,), dtype=np.float32)
+        if not np.isfinite(rois).all() or rois.min() < -1.001 or rois.max() > 1.001:
+            raise ValueError("ROIs must be finite and in [-1, 1] (use branet_pacs.imaging.roi.extract_roi)")
+        out = np.empty((rois.shape[0],), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, rois.shape[0], batch_size):
+                batch = torch.from_numpy(rois[start:start + batch_size]).to(self.device)[:, None]
+                out[start:start + batch.shape[0]] = self._probability(batch).cpu().numpy()
+        return out
+
+    def _probability(self, batch: torch.Tensor) -> torch.Tensor:
+        views = [batch, torch.flip(batch, dims=(-1,))] if self.tta else [batch]
+        total = torch.zeros(batch.shape[0], device=batch.device)
+        for net in self._networks:
+            for view in views:
+                total += torch.softmax(net(view).float(), dim=1)[:, MALIGNANT_CLASS]
+        return total / (len(self._networks) * len(views))
+
+    def label(self, p: float) -> str:
+        return "malignant" if p >= self.threshold else "benign"
+
+
+def clear_cache() -> None:
+    """Forget loaded networks (tests, or after weights were replaced on disk)."""
+    with _cache_lock:
+        _cache.clear()

@@ -1,0 +1,220 @@
+"""Model loading and inference: runtime, manifest, ResNet18 classifier, LiteMedSAM and SAM segmenters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from branet_pacs.models.classifier import (MalignancyClassifier, build_resnet18, clear_cache,
+                                           load_classifier_networks, save_classifier)
+from branet_pacs.models.errors import ModelUnavailable
+from branet_pacs.models.manifest import (ModelEntry, file_sha256, find_model, read_manifest, register_model,
+                                         verified_weights_path)
+from branet_pacs.models.runtime import configure_torch, select_device
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads() -> None:
+    configure_torch(2)
+
+
+def _rois(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1.0, 1.0, size=(n, 128, 128)).astype(np.float32)
+
+
+def _entry(name: str, file: str, sha: str, modality: str = "US", version: str = "1.0.0",
+           kind: str = "classifier", **kw) -> ModelEntry:
+    return ModelEntry(name=name, kind=kind, modality=modality, version=version, file=file, sha256=sha,
+                      threshold=kw.pop("threshold", 0.5), input=kw.pop("input", {"size": 128}),
+                      extra=kw.pop("extra", {}))
+
+
+def _models_dir_with_classifier(tmp_path: Path, net: torch.nn.Module, modality: str = "US",
+                                extra: dict | None = None, half: bool = True) -> Path:
+    """Test-only weights (a freshly initialised net) registered in a temporary models directory."""
+    models = tmp_path / "models"
+    weights = models / f"{modality.lower()}-test" / "weights.safetensors"
+    save_classifier(net, weights, half=half)
+    register_model(models, _entry(f"{modality.lower()}-test", str(weights.relative_to(models)),
+                                  file_sha256(weights), modality=modality, threshold=0.4, extra=extra or {}))
+    return models
+
+
+# --- runtime -------------------------------------------------------------------------------------------------
+
+def test_configure_torch_is_idempotent() -> None:
+    configure_torch(2)
+    configure_torch(2)
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ValueError):
+        configure_torch(-1)
+
+
+def test_select_device() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError):
+        select_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError):
+            select_device("cuda")
+
+
+# --- classifier network -------------------------------------------------------------------------------------
+
+def test_build_resnet18_shapes() -> None:
+    net = build_resnet18().eval()
+    assert net.conv1.in_channels == 1
+    assert isinstance(net.fc[0], torch.nn.Dropout) and net.fc[0].p == 0.5
+    with torch.inference_mode():
+        logits = net(torch.zeros(3, 1, 128, 128))
+    assert logits.shape == (3, 2)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_safetensors_round_trip(tmp_path: Path, half: bool) -> None:
+    torch.manual_seed(0)
+    net = build_resnet18().eval()
+    x = torch.from_numpy(_rois(4))[:, None]
+    path = tmp_path / "w.safetensors"
+    save_classifier(net, path, half=half)
+    assert path.read_bytes()[:8] != b"PK\x03\x04"  # not a zip/pickle torch file
+    (loaded,) = load_classifier_networks(path)
+    (again,) = load_classifier_networks(path)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    with torch.inference_mode():
+        a, b, c = net(x), loaded(x), again(x)
+    assert torch.equal(b, c)
+    if half:
+        assert torch.allclose(torch.softmax(a, 1), torch.softmax(b, 1), atol=2e-2)
+    else:
+        assert torch.equal(a, b)
+
+
+def test_load_rejects_foreign_weights(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+    path = tmp_path / "other.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(path))
+    with pytest.raises(ModelUnavailable, match="ResNet18"):
+        load_classifier_networks(path)
+    bad = tmp_path / "garbage.safetensors"
+    bad.write_bytes(b"not safetensors at all")
+    with pytest.raises(ModelUnavailable):
+        load_classifier_networks(bad)
+
+
+# --- manifest -----------------------------------------------------------------------------------------------
+
+def test_manifest_register_find_and_replace(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    assert read_manifest(models) == []
+    sha = "a" * 64
+    register_model(models, _entry("us-b", "us-b/w.safetensors", sha, version="1.0.0"))
+    register_model(models, _entry("mg-a", "mg-a/w.safetensors", sha, modality="MG"))
+    register_model(models, _entry("us-c", "us-c/w.safetensors", sha, version="1.10.0"))
+    register_model(models, _entry("us-b", "us-b/w.safetensors", sha, version="1.2.0"))  # replaces by name
+    doc = json.loads((models / "manifest.json").read_text())
+    assert [m["name"] for m in doc["models"]] == ["mg-a", "us-b", "us-c"]
+    assert [e.version for e in read_manifest(models) if e.name == "us-b"] == ["1.2.0"]
+    assert find_model(models, "classifier", "us").name == "us-c"          # 1.10.0 > 1.2.0 (numeric)
+    assert find_model(models, "classifier", "US", name="us-b").version == "1.2.0"
+    assert find_model(models, "classifier", "MG").name == "mg-a"
+    text = (models / "manifest.json").read_text()
+    register_model(models, _entry("us-b", "us-b/w.safetensors", sha, version="1.2.0"))
+    assert (models / "manifest.json").read_text() == text                  # stable formatting
+    assert sorted(p.name for p in models.iterdir()) == ["manifest.json"]   # no stray lock/temp files
+
+
+def test_manifest_missing_modality_and_kind(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        find_model(models, "classifier", "US")
+    register_model(models, _entry("us-a", "us-a/w.safetensors", "b" * 64))
+    with pytest.raises(ModelUnavailable, match="MG"):
+        find_model(models, "classifier", "MG")
+    with pytest.raises(ModelUnavailable, match="detector"):
+        find_model(models, "detector", "US")
+
+
+def test_manifest_invalid(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        _entry("x", "../outside.safetensors", "c" * 64)
+    with pytest.raises(ValueError):
+        _entry("x", "x.safetensors", "not-a-digest")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "manifest.json").write_text(json.dumps({"models": [{"name": "x"}]}))
+    with pytest.raises(ModelUnavailable, match="invalid"):
+        read_manifest(models)
+
+
+def test_verified_weights_path(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "m").mkdir(parents=True)
+    weights = models / "m" / "w.safetensors"
+    weights.write_bytes(b"weights v1")
+    entry = _entry("m", "m/w.safetensors", file_sha256(weights))
+    assert verified_weights_path(models, entry) == weights.resolve()
+    weights.write_bytes(b"weights v2, changed")
+    with pytest.raises(ModelUnavailable, match="SHA-256"):
+        verified_weights_path(models, entry)
+    weights.unlink()
+    with pytest.raises(ModelUnavailable, match="missing"):
+        verified_weights_path(models, entry)
+
+
+# --- MalignancyClassifier -----------------------------------------------------------------------------------
+
+def test_classifier_load_and_predict(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = build_resnet18().eval()
+    models = _models_dir_with_classifier(tmp_path, net, "US", half=False)
+    clf = MalignancyClassifier.load(models, "us", device="cpu")
+    assert (clf.name, clf.version, clf.threshold, clf.modality) == ("us-test", "1.0.0", 0.4, "US")
+    rois = _rois(70)  # more than one batch
+    p = clf.predict(rois, batch_size=32)
+    with torch.inference_mode():
+        expected = torch.softmax(net(torch.from_numpy(rois)[:, None]), 1)[:, 1].numpy()
+    assert p.shape == (70,) and p.dtype == np.float32
+    np.testing.assert_allclose(p, expected, atol=1e-5)
+    np.testing.assert_allclose(clf.predict(rois[:5]), p[:5], atol=1e-6)  # eval mode: no dropout noise
+    assert clf.predict(rois[0]).shape == (1,)
+    assert clf.predict(np.zeros((0, 128, 128), np.float32)).shape == (0,)
+    assert clf.label(0.4) == "malignant" and clf.label(0.39) == "benign"
+    with pytest.raises(ValueError):
+        clf.predict(np.zeros((2, 64, 64), np.float32))
+    with pytest.raises(ValueError):
+        clf.predict(np.full((1, 128, 128), 3.0, np.float32))
+    with pytest.raises(ModelUnavailable, match="MG"):
+        MalignancyClassifier.load(models, "MG", device="cpu")
+
+
+def test_classifier_tta_and_ensemble(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    nets = [build_resnet18().eval() for _ in range(2)]
+    models = _models_dir_with_classifier(tmp_path, nets, "MG", extra={"tta": True}, half=False)
+    clf = MalignancyClassifier.load(models, "MG", device="cpu")
+    assert clf.tta and clf.ensemble_size == 2
+    rois = _rois(3, seed=5)
+    x = torch.from_numpy(rois)[:, None]
+    with torch.inference_mode():
+        views = [x, torch.flip(x, dims=(-1,))]
+        expected = sum(torch.softmax(n(v), 1)[:, 1] for n in nets for v in views) / 4
+    np.testing.assert_allclose(clf.predict(rois), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(clf.predict(rois[:, :, ::-1].copy()), clf.predict(rois), atol=1e-5)
+
+
+def test_classifier_refuses_tampered_weights(tmp_path: Path) -> None:
+    clear_cache()
+    models = _models_dir_with_classifier(tmp_path, build_resnet18(), "US")
+    weights = models / "us-test" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelUnavailable, match="SHA-256"):
+        MalignancyClassifier.load(models, "US", device="cpu")
