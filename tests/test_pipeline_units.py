@@ -1,0 +1,102 @@
+"""Pure parts of the pipeline and the shared ROI / geometry code, with hand-computed answers."""
+
+import numpy as np
+import pydicom
+import pytest
+
+from branet_pacs.imaging.geometry import box_iou, mask_box, mask_outline
+from branet_pacs.imaging.roi import ROI_SIZE, extract_roi, roi_to_uint8, roi_window, uint8_to_roi
+from branet_pacs.pipeline import Prompt, _distinct_lesions, _finding, _frame_to_image
+from branet_pacs.types import BreastImage
+
+
+def image_in_frame(region=(100, 50, 300, 250), frame_shape=(400, 500), breast_mask=None) -> BreastImage:
+    x0, y0, x1, y1 = region
+    return BreastImage(dataset=pydicom.Dataset(), pixels=np.zeros((y1 - y0, x1 - x0), np.float32), modality="US",
+                       frame_number=None, frame_shape=frame_shape, region=region, breast_mask=breast_mask)
+
+
+def test_roi_window_is_square_and_widened():
+    assert roi_window((10, 20, 50, 40), margin=0.25) == (0, 0, 60, 60)   # side 40 * 1.5, centred on (30, 30)
+
+
+def test_extract_roi_shape_range_and_content():
+    image = np.zeros((200, 300), np.float32)
+    image[80:120, 130:170] = 1.0                   # bright square lesion
+    roi = extract_roi(image, (130, 80, 170, 120), margin=0.5)
+    assert roi.shape == (ROI_SIZE, ROI_SIZE) and roi.dtype == np.float32
+    assert roi.min() >= -1.0 and roi.max() <= 1.0
+    assert roi[64, 64] > 0.9 and roi[2, 2] < -0.9  # lesion in the middle, background at the corner
+
+
+def test_extract_roi_pads_outside_the_image():
+    image = np.ones((50, 50), np.float32) * 0.5
+    image[0:10, 0:10] = 1.0
+    roi = extract_roi(image, (0, 0, 10, 10), margin=1.0)  # window (-10,-10,20,20): the top-left quarter is padding
+    assert roi[5, 5] == pytest.approx(-1.0)
+
+
+def test_roi_uint8_round_trip():
+    roi = np.linspace(-1, 1, ROI_SIZE * ROI_SIZE, dtype=np.float32).reshape(ROI_SIZE, ROI_SIZE)
+    assert np.abs(uint8_to_roi(roi_to_uint8(roi)) - roi).max() <= 1 / 127.5
+
+
+def test_mask_box_and_outline():
+    mask = np.zeros((60, 80), bool)
+    mask[10:30, 20:50] = True
+    assert mask_box(mask) == (20, 10, 50, 30)
+    assert mask_box(np.zeros((5, 5), bool)) is None
+    outline = mask_outline(mask)
+    assert np.array_equal(outline[0], outline[-1])
+    assert outline[:, 0].min() >= 19 and outline[:, 0].max() <= 50
+    assert outline[:, 1].min() >= 9 and outline[:, 1].max() <= 30
+
+
+def test_box_iou():
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+
+
+def test_frame_box_maps_into_region_and_clips():
+    image = image_in_frame(region=(100, 50, 300, 250))
+    assert _frame_to_image((120, 60, 180, 100), image) == (20, 10, 80, 50)
+    assert _frame_to_image((0, 0, 150, 100), image) == (0, 0, 50, 50)   # clipped to the region
+    assert _frame_to_image((0, 0, 50, 40), image) is None               # entirely outside
+
+
+def test_duplicate_masks_collapse_to_the_best_scored():
+    image = image_in_frame()
+    a = np.zeros((200, 200), bool)
+    a[10:50, 10:50] = True
+    b = np.zeros((200, 200), bool)
+    b[12:52, 12:52] = True                       # same lesion, slightly shifted
+    c = np.zeros((200, 200), bool)
+    c[100:150, 100:150] = True                   # another lesion
+    prompts = [Prompt((10, 10, 50, 50), 0.6, "auto"), Prompt((12, 12, 52, 52), 0.9, "auto"),
+               Prompt((100, 100, 150, 150), 0.7, "auto")]
+    kept = _distinct_lesions(image, prompts, [a, b, c])
+    assert [p.score for p, _, _ in kept] == [0.9, 0.7]
+
+
+def test_empty_mask_falls_back_to_the_prompt_box_and_breast_mask_clips():
+    breast = np.zeros((200, 200), bool)
+    breast[:, :100] = True
+    image = image_in_frame(breast_mask=breast)
+    mask = np.zeros((200, 200), bool)
+    mask[20:40, 80:140] = True                   # half outside the breast
+    kept = _distinct_lesions(image, [Prompt((80, 20, 140, 40), 1.0, "box"),
+                                     Prompt((150, 150, 180, 180), 0.5, "box")], [mask, np.zeros((200, 200), bool)])
+    assert kept[0][2] == (80, 20, 100, 40)
+    assert kept[1][2] == (150, 150, 180, 180)
+
+
+def test_finding_lives_in_source_frame_coordinates():
+    image = image_in_frame(region=(100, 50, 300, 250), frame_shape=(400, 500))
+    mask = np.zeros((200, 200), bool)
+    mask[10:30, 20:60] = True
+    finding = _finding(1, image, Prompt((20, 10, 60, 30), 0.8, "auto"), mask,
+                       np.zeros((128, 128), np.float32), 0.7, "malignant")
+    assert finding.mask.shape == (400, 500)
+    assert finding.box == (120, 60, 160, 80)
+    assert finding.outline[:, 0].min() >= 119 and finding.outline[:, 1].max() <= 80
