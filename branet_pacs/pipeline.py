@@ -125,9 +125,11 @@ class Analyzer:
         masks = self.segmenter().segment(image.pixels, [p.box for p in prompts]) if prompts else []
         lap("segment")
         kept = _distinct_lesions(image, prompts, masks)
-        rois = [extract_roi(image.pixels, box, self.config.segmentation.roi_margin) for _, _, box in kept]
-        lap("preprocess")
         classifier = self.classifier(image.modality)
+        # The margin the classifier was trained with wins over the configured one: ROIs must match training.
+        margin = classifier.roi_margin if classifier.roi_margin is not None else self.config.segmentation.roi_margin
+        rois = [extract_roi(image.pixels, box, margin) for _, _, box in kept]
+        lap("preprocess")
         probabilities = classifier.predict(np.stack(rois)) if rois else np.zeros(0)
         lap("classify")
         findings = tuple(
