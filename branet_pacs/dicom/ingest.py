@@ -1,0 +1,382 @@
+"""Ingest: decide per DICOM instance whether it is a breast image, and decode it into BreastImage values.
+
+Selection (rules from `IngestRules`, config [ingest]):
+  1. non-image objects are skipped: a SOP Class that is not an image storage class (SEG, SR, KO, PR, RT, ...),
+     a non-image Modality, or no Pixel Data;
+  2. `breast_modalities` (MG, US) are analysed whatever their body part, except MG "FOR PROCESSING" (skipped unless
+     `accept_for_processing`) and US whose BodyPartExamined names another body part (empty/absent is accepted
+     unless `accept_us_without_body_part` is false);
+  3. `body_part_modalities` (DX, CR, RG, SC, OT) are analysed, as "MG", only when BodyPartExamined is one of
+     `breast_body_parts` (or, when BodyPartExamined is empty, Anatomic Region Sequence codes the breast);
+  4. any other modality is skipped. Breast tomosynthesis volumes are skipped (3-D).
+
+Decoding (see `pixels.frame_to_gray`): every frame becomes float32 [0, 1] grayscale. US is cropped to the largest
+2-D region of the Sequence of Ultrasound Regions; multi-frame instances give one representative frame
+(RepresentativeFrameNumber, else the middle frame) or, with `us_frames = "all"`, the first `max_frames` frames.
+MG gets a breast foreground mask and laterality (ImageLaterality, else Laterality).
+
+Nothing raises out of `ingest_file` / `ingest_dataset`: unreadable, truncated or undecodable input is an outcome
+with status "error" and a reason naming the file and the failure. Log lines carry SOP Instance UIDs, never patient
+attributes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from branet_pacs.config import IngestRules
+from branet_pacs.dicom.pixels import PixelDecodeError, frame_to_gray, number_of_frames
+from branet_pacs.imaging.breast import breast_mask
+from branet_pacs.types import BreastImage, Box, IngestOutcome, Status
+
+log = logging.getLogger(__name__)
+
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)   # Pixel Data, Float Pixel Data, Double Float Pixel Data
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+# Modalities of objects that are never images (PS3.3 C.7.3.1.1.1)
+NON_IMAGE_MODALITIES = frozenset({
+    "SEG", "SR", "KO", "PR", "DOC", "AU", "ECG", "HD", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "RTION", "REG",
+    "FID", "PLAN", "RWV", "SMR", "IOL", "OPM", "OPV", "OPT", "KER", "LEN", "VA", "POS", "M3D", "TEXTUREMAP",
+})
+# SCT 76752008 Breast; SRT T-04000 Breast (retired SNOMED RT code still written by older devices)
+_BREAST_CODES = {("SCT", "76752008"), ("SRT", "T-04000"), ("SNM3", "T-04000")}
+_TOMOSYNTHESIS = UID("1.2.840.10008.5.1.4.1.1.13.1.3")   # Breast Tomosynthesis Image Storage
+
+
+# ------------------------------------------------------------------------------------------------- entry points
+
+def ingest_file(path: str | Path, rules: IngestRules) -> IngestOutcome:
+    """Read one file and ingest it. Never raises for bad input."""
+    source = str(path)
+    try:
+        ds, problem = read_dicom(path)
+    except Exception as exc:  # defensive: read_dicom already turns known failures into messages
+        ds, problem = None, f"unreadable: {type(exc).__name__}: {exc}"
+    if ds is None:
+        log.warning("ingest error (file not parsed): %s", problem)
+        return IngestOutcome(source, Status.ERROR, f"{source}: {problem}")
+    if problem:
+        header = _safe_header(ds)
+        log.warning("ingest error for SOP %s: %s", _uid(ds), problem)
+        return IngestOutcome(source, Status.ERROR, f"{source}: {problem}", dataset=header)
+    return ingest_dataset(ds, rules, source)
+
+
+def ingest_dataset(ds: Dataset, rules: IngestRules, source: str) -> IngestOutcome:
+    """Ingest an already parsed instance (from a file, C-STORE or DICOMweb). Never raises for bad input."""
+    try:
+        outcome = _ingest(ds, rules, source)
+    except Exception as exc:  # a malformed attribute somewhere: an error outcome, never a crash
+        log.exception("ingest error for SOP %s", _uid(ds))
+        outcome = IngestOutcome(source, Status.ERROR, f"{source}: unexpected {type(exc).__name__}: {exc}",
+                                dataset=_safe_header(ds))
+    if outcome.status is Status.SKIPPED:
+        log.info("ingest skipped SOP %s: %s", _uid(ds), outcome.reason)
+    elif outcome.status is Status.OK:
+        log.debug("ingest ok SOP %s: %d image(s)", _uid(ds), len(outcome.images))
+    return outcome
+
+
+# -------------------------------------------------------------------------------------------------------- reading
+
+def read_dicom(path: str | Path) -> tuple[Dataset | None, str]:
+    """(dataset, problem): problem is "" for a complete file; dataset is None when nothing could be parsed.
+
+    Files without the Part 10 preamble are accepted when they parse as a data set with a SOP Class UID.
+    Truncation is detected from pydicom's end-of-file warnings and from a last element shorter than its length.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None, "no such file" if not path.exists() else "not a regular file"
+    if path.stat().st_size == 0:
+        return None, "empty file, not DICOM"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(path)
+        except InvalidDicomError:
+            ds = _read_raw_dataset(path)
+            if ds is None:
+                return None, "not a DICOM file (no 'DICM' prefix and not a parsable data set)"
+        except Exception as exc:
+            return None, f"unreadable DICOM file: {type(exc).__name__}: {exc}"
+    eof = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
+    if eof:
+        return ds, f"truncated file: {eof[0]}"
+    short = _short_last_element(ds)
+    if short:
+        return ds, f"truncated file: {short}"
+    _ensure_transfer_syntax(ds)
+    return ds, ""
+
+
+def _read_raw_dataset(path: Path) -> Dataset | None:
+    """A data set without Part 10 header (old exports); None unless it looks like a real instance."""
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        sop_class = str(ds.get("SOPClassUID", ""))
+        sop_instance = str(ds.get("SOPInstanceUID", ""))
+    except Exception:
+        return None
+    if not (UID(sop_class).is_valid and UID(sop_instance).is_valid):
+        return None
+    return ds
+
+
+def _short_last_element(ds: Dataset) -> str:
+    """Description of a top-level element whose value is shorter than its declared length, or ""."""
+    for tag in reversed(list(ds.keys())):
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length not in (0, _UNDEFINED_LENGTH) and raw.value is not None \
+                and len(raw.value) < raw.length:
+            return f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) has {len(raw.value)} of {raw.length} bytes"
+        return ""
+    return ""
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    """Decoders need file_meta.TransferSyntaxUID: infer it from how a raw data set was read."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))[:2]
+    if implicit is None:
+        ts = ExplicitVRLittleEndian
+    elif implicit:
+        ts = ImplicitVRLittleEndian
+    else:
+        ts = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    if meta is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+
+
+# ------------------------------------------------------------------------------------------------------ selection
+
+def _ingest(ds: Dataset, rules: IngestRules, source: str) -> IngestOutcome:
+    header = header_only(ds)
+    selection = select(ds, rules)
+    if selection.kind is None:
+        reason = f"{source}: {selection.reason}" if selection.status is Status.ERROR else selection.reason
+        return IngestOutcome(source, selection.status, reason, dataset=header)
+    kind = selection.kind
+    if rules.us_frames not in ("representative", "all"):
+        return IngestOutcome(source, Status.ERROR, f"ingest.us_frames must be 'representative' or 'all', "
+                                                   f"not {rules.us_frames!r}", dataset=header)
+    if getattr(ds, "file_meta", None) is None or "TransferSyntaxUID" not in ds.file_meta:
+        ds = copy.copy(ds)
+        _ensure_transfer_syntax(ds)
+
+    images = []
+    frames = number_of_frames(ds)
+    for index in select_frames(ds, kind, rules):
+        try:
+            gray = frame_to_gray(ds, index)
+        except PixelDecodeError as exc:
+            log.warning("ingest error for SOP %s: %s", _uid(ds), exc)
+            return IngestOutcome(source, Status.ERROR, f"{source}: {exc}", dataset=header)
+        images.append(_breast_image(header, gray, kind, index if frames > 1 else None, source))
+    return IngestOutcome(source, Status.OK, "", images=tuple(images), dataset=header)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the rules decided for one instance: kind "US" / "MG" to analyse, or a skip (or error) reason."""
+
+    kind: str | None
+    reason: str = ""
+    status: Status = Status.SKIPPED
+
+    @classmethod
+    def skip(cls, reason: str) -> Selection:
+        return cls(None, reason, Status.SKIPPED)
+
+
+def select(ds: Dataset, rules: IngestRules) -> Selection:
+    """Apply the ingest rules to one instance's header (module docstring: the rule order)."""
+    sop_class = UID(str(ds.get("SOPClassUID", "")).strip())
+    sop_name = sop_class.name if sop_class.is_valid else ""
+    is_known = sop_class.is_valid and sop_name != str(sop_class)
+    is_image_class = is_known and "Image Storage" in sop_name
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+
+    if is_known and not is_image_class:
+        return Selection.skip(f"non-image object: SOP Class '{sop_name}' ({sop_class}) is not an image storage "
+                              "class")
+    if modality in NON_IMAGE_MODALITIES:
+        return Selection.skip(f"non-image object: Modality '{modality}'")
+    if not any(tag in ds for tag in PIXEL_TAGS):
+        if is_image_class:
+            return Selection(None, f"image instance ({sop_name}) has no Pixel Data: file truncated or pixel data "
+                                   "stripped", Status.ERROR)
+        if not sop_class:
+            return Selection(None, "no SOP Class UID and no Pixel Data: an incomplete file or not a DICOM instance",
+                             Status.ERROR)
+        return Selection.skip(f"no Pixel Data (SOP Class {sop_class}): not an image")
+    if "PixelData" not in ds:
+        return Selection.skip("float pixel data (parametric map), not a breast image")
+    if sop_class == _TOMOSYNTHESIS:
+        return Selection.skip("breast tomosynthesis volume (Breast Tomosynthesis Image Storage) is not analysed "
+                              "(3-D)")
+    if not modality:
+        return Selection.skip("Modality (0008,0060) is absent or empty")
+
+    breast_modalities = {m.strip().upper() for m in rules.breast_modalities}
+    body_part_modalities = {m.strip().upper() for m in rules.body_part_modalities}
+    breast_parts = {p.strip().upper() for p in rules.breast_body_parts}
+    body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    parts_text = ", ".join(sorted(breast_parts)) or "(none)"
+
+    if modality in breast_modalities:
+        if modality == "US":
+            if not body_part:
+                if not rules.accept_us_without_body_part:
+                    return Selection.skip("US BodyPartExamined is empty "
+                                          "(ingest.accept_us_without_body_part = false)")
+            elif body_part not in breast_parts:
+                return Selection.skip(f"US BodyPartExamined '{body_part}' is not a breast body part "
+                                      f"(ingest.breast_body_parts = {parts_text})")
+            return Selection("US")
+        return _for_processing_rule(ds, modality, sop_name, rules)
+    if modality in body_part_modalities:
+        if body_part in breast_parts or (not body_part and _anatomy_is_breast(ds)):
+            return _for_processing_rule(ds, modality, sop_name, rules)
+        shown = f"'{body_part}'" if body_part else "empty"
+        return Selection.skip(f"{modality} BodyPartExamined {shown} is not a breast body part "
+                              f"(ingest.breast_body_parts = {parts_text})")
+    return Selection.skip(f"Modality '{modality}' is not analysed (ingest.breast_modalities = "
+                          f"{', '.join(sorted(breast_modalities))}; ingest.body_part_modalities = "
+                          f"{', '.join(sorted(body_part_modalities))} when BodyPartExamined is {parts_text})")
+
+
+def _for_processing_rule(ds: Dataset, modality: str, sop_name: str, rules: IngestRules) -> Selection:
+    intent = str(ds.get("PresentationIntentType", "") or "").strip().upper()
+    for_processing = intent == "FOR PROCESSING" or (not intent and "For Processing" in sop_name)
+    if for_processing and not rules.accept_for_processing:
+        what = f"PresentationIntentType '{intent}'" if intent else f"SOP Class '{sop_name}'"
+        return Selection.skip(f"{modality} {what} is a raw (For Processing) image "
+                              "(ingest.accept_for_processing = false)")
+    return Selection("MG")
+
+
+def _anatomy_is_breast(ds: Dataset) -> bool:
+    for item in ds.get("AnatomicRegionSequence", []) or []:
+        code = (str(item.get("CodingSchemeDesignator", "")).upper(), str(item.get("CodeValue", "")))
+        if code in _BREAST_CODES:
+            return True
+    return False
+
+
+def select_frames(ds: Dataset, kind: str, rules: IngestRules) -> list[int]:
+    """0-based frame indices to analyse (a single [0] for single-frame instances)."""
+    frames = number_of_frames(ds)
+    if frames == 1:
+        return [0]
+    if kind == "US" and rules.us_frames == "all":
+        return list(range(min(frames, max(1, rules.max_frames))))
+    return [representative_frame(ds)]
+
+
+def representative_frame(ds: Dataset) -> int:
+    """0-based: RepresentativeFrameNumber (1-based in DICOM) when valid, else the middle frame."""
+    frames = number_of_frames(ds)
+    try:
+        number = int(ds.get("RepresentativeFrameNumber", 0) or 0)
+    except (TypeError, ValueError):
+        number = 0
+    if 1 <= number <= frames:
+        return number - 1
+    return frames // 2
+
+
+# ------------------------------------------------------------------------------------------------------- decoding
+
+def _breast_image(header: Dataset, gray: np.ndarray, kind: str, frame_index: int | None,
+                  source: str) -> BreastImage:
+    rows, cols = gray.shape
+    region: Box = (0, 0, cols, rows)
+    mask = None
+    if kind == "US":
+        region = ultrasound_region(header, rows, cols) or region
+        x0, y0, x1, y1 = region
+        pixels = np.ascontiguousarray(gray[y0:y1, x0:x1])
+    else:
+        pixels = gray
+        mask = breast_mask(pixels)
+    return BreastImage(
+        dataset=header, pixels=pixels, modality=kind,
+        frame_number=None if frame_index is None else frame_index + 1,
+        frame_shape=(rows, cols), region=region, laterality=laterality(header),
+        breast_mask=mask, source=source)
+
+
+def ultrasound_region(ds: Dataset, rows: int, cols: int) -> Box | None:
+    """The largest 2-D (RegionSpatialFormat 1) region of the Sequence of Ultrasound Regions, as an exclusive box
+    clipped to the frame; None when there is none."""
+    best: Box | None = None
+    best_area = 0
+    for item in ds.get("SequenceOfUltrasoundRegions", []) or []:
+        try:
+            if int(item.get("RegionSpatialFormat", 0)) != 1:
+                continue
+            x0, y0 = int(item.RegionLocationMinX0), int(item.RegionLocationMinY0)
+            x1, y1 = int(item.RegionLocationMaxX1) + 1, int(item.RegionLocationMaxY1) + 1   # DICOM is inclusive
+        except (AttributeError, TypeError, ValueError):
+            continue
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(cols, x1), min(rows, y1)
+        area = (x1 - x0) * (y1 - y0)
+        if x1 - x0 >= 2 and y1 - y0 >= 2 and area > best_area:
+            best, best_area = (x0, y0, x1, y1), area
+    return best
+
+
+def laterality(ds: Dataset) -> str | None:
+    """"L" or "R" from ImageLaterality, else Laterality; None for absent, both ("B") or unpaired ("U")."""
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(keyword, "") or "").strip().upper()
+        if value in ("L", "R"):
+            return value
+    return None
+
+
+def header_only(ds: Dataset) -> Dataset:
+    """A copy of `ds` without bulk pixel data (file meta kept): what writers need for references."""
+    header = Dataset()
+    for tag in ds.keys():
+        if tag in PIXEL_TAGS:
+            continue
+        elem = ds.get_item(tag)
+        header[tag] = elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        header.file_meta = copy.deepcopy(meta)
+    encoding = getattr(ds, "original_encoding", None)
+    if encoding and encoding[0] is not None:
+        header.set_original_encoding(encoding[0], encoding[1], ds.original_character_set)
+    return header
+
+
+def _safe_header(ds: Dataset) -> Dataset | None:
+    try:
+        return header_only(ds)
+    except Exception:
+        return None
+
+
+def _uid(ds: Dataset | None) -> str:
+    try:
+        return str(ds.get("SOPInstanceUID", "?")) if ds is not None else "?"
+    except Exception:
+        return "?"
