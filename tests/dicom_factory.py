@@ -17,6 +17,7 @@ blobs. Images are deterministic for a given `seed`.
 
 from __future__ import annotations
 
+import copy
 import io
 import shutil
 import subprocess
@@ -368,15 +369,13 @@ def _mg_values(rows: int, cols: int, bits_stored: int, laterality: str, signed: 
 def make_mg(rows: int = 512, cols: int = 400, bits_stored: int = 12, photometric: str = "MONOCHROME2",
             laterality: str = "L", presentation_intent: str = "FOR PRESENTATION",
             transfer_syntax: str = ExplicitVRLittleEndian, *, view: str = "CC", window: bool = True,
-            voi_lut: bool = False, signed: bool = False, rescale: tuple[float, float] | None = None,
-            seed: int = 0, study: dict[str, Any] | None = None, series_uid: str | None = None,
+            voi_lut: bool = False, signed: bool = False, seed: int = 0, study: dict[str, Any] | None = None, series_uid: str | None = None,
             instance_number: int = 1, **overrides: Any) -> Dataset:
     """A digital mammogram (Digital Mammography X-Ray Image IOD) with a bright blob lesion.
 
     MONOCHROME1 stores inverted values, so after correct decoding it looks exactly like the MONOCHROME2 one made
     with the same seed. `window` adds WindowCenter/Width covering the whole stored range; `voi_lut` adds a linear
-    VOI LUT Sequence (12-bit output); `rescale` = (slope, intercept) adds a Modality rescale whose inverse is
-    applied to the stored values (so the rescaled image is the same).
+    VOI LUT Sequence (a 12-bit identity ramp over the stored range). Rescale is identity (slope 1, intercept 0).
     """
     rng = np.random.default_rng(seed)
     values, box = _mg_values(rows, cols, bits_stored, laterality, signed, rng)
@@ -385,9 +384,6 @@ def make_mg(rows: int = 512, cols: int = 400, bits_stored: int = 12, photometric
     stored = values
     if photometric == "MONOCHROME1":
         stored = lo + hi - values
-    if rescale is not None:
-        slope, intercept = rescale
-        stored = np.round((stored - intercept) / slope).astype(np.int32)
 
     sop_class = MG_FOR_PROCESSING if presentation_intent == "FOR PROCESSING" else MG_FOR_PRESENTATION
     ds = _base(sop_class, "MG", study, series_uid, instance_number)
@@ -423,8 +419,8 @@ def make_mg(rows: int = 512, cols: int = 400, bits_stored: int = 12, photometric
     vc.ViewModifierCodeSequence = Sequence()
     ds.ViewCodeSequence = Sequence([vc])
     _set_pixels(ds, stored[None], photometric=photometric, bits_stored=bits_stored, signed=signed)
-    ds.RescaleIntercept = rescale[1] if rescale else 0
-    ds.RescaleSlope = rescale[0] if rescale else 1
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
     ds.RescaleType = "US"
     if window:
         ds.WindowCenter = (lo + hi + 1) / 2.0
@@ -590,10 +586,22 @@ def to_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def fresh_copy(ds: Dataset) -> Dataset:
+    """An independent deep copy with no 'original encoding' (so pydicom may write it in any transfer syntax)."""
+    out = Dataset()
+    for elem in ds:
+        out.add(copy.deepcopy(elem))
+    if hasattr(ds, "file_meta"):
+        out.file_meta = copy.deepcopy(ds.file_meta)
+    return out
+
+
 def _write_big_endian(ds: Dataset, buf: io.BytesIO) -> None:
     """Explicit VR Big Endian: pydicom encodes the header; OW pixel data bytes must be swapped per word."""
-    out = pydicom.Dataset(ds)  # shallow copy, do not touch the caller's pixel data
-    out.file_meta = ds.file_meta
+    out = fresh_copy(ds)
+    if getattr(ds, "original_encoding", (None, None))[1] is False:   # read from a big endian file: bytes are BE
+        pydicom.dcmwrite(buf, out, implicit_vr=False, little_endian=False, enforce_file_format=True)
+        return
     if ds.BitsAllocated == 16 and not ds.file_meta.TransferSyntaxUID.is_compressed:
         out.PixelData = np.frombuffer(ds.PixelData, dtype="<u2").astype(">u2").tobytes()
         out["PixelData"].VR = "OW"
@@ -635,8 +643,7 @@ def encode(ds: Dataset, transfer_syntax: str, **kwargs: Any) -> Dataset:
     src = _decoded_copy(ds) if ds.file_meta.TransferSyntaxUID.is_compressed or \
         ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian else ds
     if ts in UNCOMPRESSED:
-        out = pydicom.Dataset(src)
-        out.file_meta = FileMetaDataset(src.file_meta)
+        out = fresh_copy(src)
         out.file_meta.TransferSyntaxUID = ts
         return from_bytes(to_bytes(out))
     if ts in PYDICOM_ENCODED:

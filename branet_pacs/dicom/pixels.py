@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
+from pydicom.uid import ExplicitVRBigEndian
 
 # ITU-R BT.601 luma weights (those of the YBR_FULL definition in PS3.3 C.7.6.3.1.2)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -65,7 +66,7 @@ def frame_to_gray(ds: Dataset, frame_index: int | None) -> np.ndarray:
 
     if photometric == "PALETTE COLOR":
         try:
-            rgb = apply_color_lut(arr, ds)
+            rgb = apply_color_lut(arr, _palette_view(ds))
         except Exception as exc:
             raise PixelDecodeError(f"cannot apply the palette colour LUT: {type(exc).__name__}: {exc}") from exc
         return _min_max(_luminance(rgb))
@@ -122,6 +123,25 @@ def frame_view(ds: Dataset, frame_index: int) -> Dataset:
                     if keyword in items[0] and keyword not in view:
                         view[keyword] = items[0][keyword]
                 break
+    return view
+
+
+def _palette_view(ds: Dataset) -> Dataset:
+    """`ds`, or for Explicit VR Big Endian a view whose OW palette LUTs are little endian (pydicom 3.0 reads
+    non-segmented LUT data as native-order bytes whatever the transfer syntax)."""
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is None or ts != ExplicitVRBigEndian:
+        return ds
+    view = Dataset()
+    for elem in ds:
+        if elem.tag != 0x7FE00010:
+            view.add(elem)
+    view.file_meta = ds.file_meta
+    for colour in ("Red", "Green", "Blue", "Alpha"):
+        keyword = f"{colour}PaletteColorLookupTableData"
+        if keyword in ds and ds[keyword].VR == "OW":
+            swapped = np.frombuffer(ds[keyword].value, dtype=">u2").astype("<u2").tobytes()
+            view[keyword] = pydicom.DataElement(ds[keyword].tag, "OW", swapped)
     return view
 
 
