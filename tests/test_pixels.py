@@ -285,3 +285,34 @@ def test_short_native_pixel_data_raises_decode_error(mg12):
     short.PixelData = short.PixelData[:1000]
     with pytest.raises(PixelDecodeError, match="cannot decode"):
         frame_to_gray(short, None)
+
+
+def test_enhanced_functional_group_window_and_rescale_are_used(mg12):
+    """Enhanced objects (e.g. Breast Projection X-Ray) carry rescale and window in functional groups."""
+    enhanced = factory.make_mg(128, 100, WindowCenter=None, WindowWidth=None, VOILUTFunction=None,
+                               RescaleSlope=None, RescaleIntercept=None, RescaleType=None)
+    voi, transform = pydicom.Dataset(), pydicom.Dataset()
+    voi.WindowCenter, voi.WindowWidth = 2048.0, 4096.0
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1.0, 0.0, "US"
+    shared = pydicom.Dataset()
+    shared.FrameVOILUTSequence = pydicom.Sequence([voi])
+    shared.PixelValueTransformationSequence = pydicom.Sequence([transform])
+    enhanced.SharedFunctionalGroupsSequence = pydicom.Sequence([shared])
+    np.testing.assert_allclose(frame_to_gray(enhanced, None), frame_to_gray(mg12, None), atol=1e-6)
+    # a per-frame window wins over the shared one
+    per_frame_voi = pydicom.Dataset()
+    per_frame_voi.WindowCenter, per_frame_voi.WindowWidth = 1000.0, 200.0
+    frame = pydicom.Dataset()
+    frame.FrameVOILUTSequence = pydicom.Sequence([per_frame_voi])
+    enhanced.PerFrameFunctionalGroupsSequence = pydicom.Sequence([frame])
+    narrow = factory.make_mg(128, 100, WindowCenter=1000.0, WindowWidth=200.0)
+    np.testing.assert_allclose(frame_to_gray(enhanced, None), frame_to_gray(narrow, None), atol=1e-6)
+
+
+def test_video_transfer_syntax_is_a_clear_decode_error():
+    """MPEG-2 / H.264 / HEVC cine loops have no decoder in pydicom: a named failure, not a crash."""
+    ds = factory.make_us(48, 64, frames=2)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG4HP41
+    ds.PixelData = encapsulate([b"\x00\x00\x00\x01" + b"\x00" * 60])
+    with pytest.raises(PixelDecodeError, match="MPEG-4 AVC/H.264"):
+        frame_to_gray(ds, 0)
