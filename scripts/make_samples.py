@@ -90,7 +90,7 @@ def us_instance(png: Path, study_key: str, index: int) -> tuple[Dataset, np.ndar
 
 
 def mg_instance(png: Path, study_key: str, index: int, laterality: str) -> tuple[Dataset, np.ndarray]:
-    pixels8 = np.asarray(Image.open(png).convert("L"), dtype=np.uint16)
+    pixels8 = np.asarray(Image.open(png).convert("L"), dtype=np.uint32)
     pixels = (pixels8 * 4095 // 255).astype(np.uint16)  # 8-bit film -> 12-bit range, as a clinical MG stores it
     ds = base(study_key, "MG1", "MG", "Mammography", MG_SOP_CLASS, png.name)
     ds.InstanceNumber = index
