@@ -1,0 +1,113 @@
+"""BraNet-PACS plugin for Orthanc (orthanc-python 4.0). Loaded by Orthanc as "PythonScript".
+
+It translates Orthanc events into service calls and nothing more: STABLE_STUDY wakes the service's change feed,
+ORTHANC_STARTED/STOPPED start and stop it, /branet/* REST requests are answered by it, and the Explorer gets the
+BraNet panel. Analysis runs in separate worker processes (torch is never imported inside Orthanc).
+
+Needs the "BraNet" configuration section written by `branet orthanc run` (branet_pacs.service.orthanc_config).
+"""
+
+import json
+import logging
+import site
+import sys
+from pathlib import Path
+
+import orthanc
+
+_SECTION = json.loads(orthanc.GetConfiguration()).get("BraNet")
+
+
+class _OrthancLogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"BraNet {record.name}: {self.format(record)}"
+        if record.levelno >= logging.ERROR:
+            orthanc.LogError(text)
+        elif record.levelno >= logging.WARNING:
+            orthanc.LogWarning(text)
+        else:
+            orthanc.LogInfo(text)
+
+
+def _setup() -> None:
+    site.addsitedir(_SECTION["SitePackages"])  # the venv (same CPython 3.11 as Orthanc's embedded one)
+    if _SECTION["Repo"] not in sys.path:
+        sys.path.insert(0, _SECTION["Repo"])
+    handler = _OrthancLogHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("branet_pacs")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+if not isinstance(_SECTION, dict):
+    orthanc.LogError('BraNet plugin: no "BraNet" configuration section; generate the configuration with '
+                     "`branet orthanc run`. The plugin stays inactive.")
+else:
+    _setup()
+
+    from branet_pacs.service.node import BraNetNode
+    from branet_pacs.service.rest import OrthancApi, OrthancError
+    from branet_pacs.service.settings import ServiceSettings
+    from branet_pacs.service.status import GLOBAL_PROPERTY_LAST_CHANGE
+
+    _NOT_FOUND = {orthanc.ErrorCode.UNKNOWN_RESOURCE, orthanc.ErrorCode.INEXISTENT_ITEM,
+                  orthanc.ErrorCode.INEXISTENT_FILE, orthanc.ErrorCode.UNKNOWN_MODALITY}
+
+    class InProcessOrthanc(OrthancApi):
+        """Orthanc's REST API called in-process (no HTTP, no credentials needed)."""
+
+        def request(self, method, uri, body=None, content_type="application/octet-stream"):
+            try:
+                if method == "GET":
+                    return orthanc.RestApiGet(uri)
+                if method == "POST":
+                    return orthanc.RestApiPost(uri, body or b"")
+                if method == "PUT":
+                    orthanc.RestApiPut(uri, body or b"")
+                    return b""
+                if method == "DELETE":
+                    orthanc.RestApiDelete(uri)
+                    return b""
+            except orthanc.OrthancException as exc:
+                code = exc.args[0] if exc.args else None
+                raise OrthancError(method, uri, 404 if code in _NOT_FOUND else 500, str(exc)) from exc
+            raise ValueError(f"unsupported method {method}")
+
+    def _get_watermark():
+        value = orthanc.GetGlobalProperty(GLOBAL_PROPERTY_LAST_CHANGE, "")
+        return int(value) if value else None
+
+    def _set_watermark(seq):
+        orthanc.SetGlobalProperty(GLOBAL_PROPERTY_LAST_CHANGE, str(seq))
+
+    _node = BraNetNode(InProcessOrthanc(), ServiceSettings.from_orthanc_config(json.loads(orthanc.GetConfiguration())),
+                       _get_watermark, _set_watermark)
+
+    def _on_change(change_type, level, resource_id):
+        if change_type == orthanc.ChangeType.STABLE_STUDY:
+            _node.wake()
+        elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
+            try:
+                _node.start()
+                orthanc.LogWarning(f"BraNet service started ({_SECTION['Workers']} worker(s), state in "
+                                   f"{_SECTION['StateDirectory']})")
+            except Exception as exc:  # noqa: BLE001 - Orthanc keeps running; the reason is in its log
+                orthanc.LogError(f"BraNet service could not start: {type(exc).__name__}: {exc}")
+        elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+            _node.stop()
+
+    def _on_rest(output, uri, **request):
+        body = request.get("body") or b""
+        response = _node.handle(request["method"], request["groups"][0], body)
+        if response.status == 200:
+            output.AnswerBuffer(response.body, response.content_type)
+        elif response.status == 405:
+            output.SendMethodNotAllowed(response.allowed)
+        else:
+            output.SendHttpStatus(response.status, response.body)
+
+    orthanc.RegisterOnChangeCallback(_on_change)
+    orthanc.RegisterRestCallback("/branet/(.*)", _on_rest)
+    orthanc.ExtendOrthancExplorer((Path(__file__).with_name("explorer.js")).read_text(encoding="utf-8"))
