@@ -311,11 +311,13 @@ def test_cli_train_generate_score(tmp_path, capsys):
     rois = _write_rois(tmp_path / "rois", per_class=4)
     run = tmp_path / "run"
     common = ["--data", str(rois), "--modality", "us", "--out", str(run), "--image-size", "32", "--width", "4",
-              "--batch-size", "4", "--threads", "1", "--device", "cpu"]
+              "--batch-size", "4", "--threads", "1", "--device", "cpu", "--precision", "bf16"]
     assert branet_main(["sngan", "train", *common, "--epochs", "1"]) == 0
     assert branet_main(["sngan", "train", *common, "--epochs", "2", "--resume"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert json.loads(out[-1])["epochs"] == 2 and json.loads(out[-1])["steps"] == 4
+    ckpt = load_checkpoint(latest_checkpoint(run))
+    assert ckpt["settings"]["precision"] == "bf16" and torch.isfinite(ckpt["iterations"][:, 0]).all()
     fake = tmp_path / "fake"
     for label in ("benign", "malignant"):
         assert branet_main(["sngan", "generate", "--checkpoint", str(run / "generator.safetensors"), "--n", "4",

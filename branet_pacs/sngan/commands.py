@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--width", type=int, default=None, help="network width (channels at full resolution); default 16")
     train.add_argument("--image-size", type=int, default=128, help="ROI size (power of two; default 128)")
     train.add_argument("--seed", type=int, default=None, help="default 0")
+    train.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                       help="fp32 (default) or bf16 autocast (about 1.7x faster on CPUs with AMX)")
     train.add_argument("--max-minutes", type=float, default=None,
                        help="stop at an epoch boundary before exceeding this wall time")
     train.add_argument("--device", default=None, help="auto | cpu | cuda (default: config)")
@@ -90,7 +92,8 @@ def _train(args: argparse.Namespace) -> int:
     device = _runtime(args)
     settings = TrainSettings.for_modality(
         args.modality, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
-        beta2=args.beta2, n_dis=args.n_dis, ema_decay=args.ema, hflip=False if args.no_flip else None, seed=args.seed)
+        beta2=args.beta2, n_dis=args.n_dis, ema_decay=args.ema, hflip=False if args.no_flip else None, seed=args.seed,
+        precision=args.precision)
     width = args.width or NetworkConfig().g_width
     network = NetworkConfig(image_size=args.image_size, g_width=width, d_width=width)
     data = load_roi_set(args.data, network.image_size)
