@@ -1,0 +1,243 @@
+"""DICOM Segmentation writer: one BINARY segment per finding, on the analysed source frame (highdicom).
+
+`build_seg` is the entry point. It also holds the two helpers the SR writer shares: `source_for_reference`
+(the source header with what the derived IODs require filled in) and `equipment` (who made the object).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
+
+import branet_pacs
+from branet_pacs.config import OutputSettings
+from branet_pacs.dicom import codes
+from branet_pacs.types import BreastImage, Finding, ModelInfo
+
+MODEL_NAME = "BraNet-PACS"  # ManufacturerModelName of every object we write
+CONTENT_LABEL = "BRANET_LESIONS"  # CS, at most 16 characters
+
+# Patient / study attributes of Type 2 in the Patient and General Study modules: present (maybe empty) in every
+# object we write, also when the source omits them (highdicom reads them from the source).
+_TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName",
+                        "StudyID", "AccessionNumber", "StudyDate", "StudyTime")
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel Data, Float / Double Float Pixel Data
+
+
+@dataclass(frozen=True)
+class Equipment:
+    """General / Enhanced General Equipment values of the objects BraNet-PACS writes."""
+
+    manufacturer: str
+    model_name: str
+    software_versions: tuple[str, ...]
+    serial_number: str
+    algorithm_name: str
+    algorithm_version: str
+
+
+def equipment(models: ModelInfo) -> Equipment:
+    """Manufacturer, model and software versions naming the package and the model version (LO: 64 chars)."""
+    versions = (f"{branet_pacs.ALGORITHM_NAME} {branet_pacs.__version__}",
+                f"{models.classifier_name} {models.classifier_version}")
+    return Equipment(
+        manufacturer=branet_pacs.MANUFACTURER,
+        model_name=MODEL_NAME,
+        software_versions=tuple(v[:64] for v in versions),
+        serial_number=f"{branet_pacs.ALGORITHM_NAME}-{branet_pacs.__version__}"[:64],
+        algorithm_name=branet_pacs.ALGORITHM_NAME,
+        algorithm_version=str(models.algorithm_version)[:64],
+    )
+
+
+def series_uid(image: BreastImage, kind: str, models: ModelInfo) -> str:
+    """One output series per study, object kind ("SEG"/"SR") and equipment identity (package + model version).
+
+    Deterministic, so every image of a study analysed by the same software and model lands in one SEG series and
+    one SR series (series-level attributes such as Software Versions then agree within each series)."""
+    eq = equipment(models)
+    return generate_uid(entropy_srcs=[image.study_instance_uid, kind, eq.manufacturer, *eq.software_versions])
+
+
+def source_for_reference(image: BreastImage) -> pydicom.Dataset:
+    """A copy of the source header that derived objects can be built from.
+
+    Pixel data is left out (only references are built from it). Missing Type 2 patient/study attributes become
+    empty: highdicom copies them, and the SEG and SR IODs require them present.
+    """
+    source = pydicom.Dataset()
+    for element in image.dataset:
+        if element.tag not in _PIXEL_TAGS:
+            source.add(copy.deepcopy(element))
+    for keyword in _TYPE2_PATIENT_STUDY:
+        if keyword not in source:
+            setattr(source, keyword, "")
+    return source
+
+
+def laterality(image: BreastImage) -> str | None:
+    """"L"/"R" from the image, or from the source header (ImageLaterality, then Laterality)."""
+    value = image.laterality or image.dataset.get("ImageLaterality") or image.dataset.get("Laterality")
+    value = str(value).upper() if value else None
+    return value if value in ("L", "R") else None
+
+
+def _anatomic_region(side: str | None) -> hd.sr.CodedConcept:
+    region = hd.sr.CodedConcept.from_code(codes.BREAST)
+    if side is not None:
+        region.AnatomicRegionModifierSequence = [hd.sr.CodedConcept.from_code(codes.LATERALITY[side])]
+    return region
+
+
+def _algorithm(models: ModelInfo) -> hd.AlgorithmIdentificationSequence:
+    eq = equipment(models)
+    return hd.AlgorithmIdentificationSequence(
+        name=eq.algorithm_name,
+        family=codes.ALGORITHM_FAMILY,
+        version=eq.algorithm_version,
+        source=eq.manufacturer,
+    )
+
+
+def segment_description(finding: Finding, image: BreastImage, models: ModelInfo) -> hd.seg.SegmentDescription:
+    """Segment N: "Lesion N", SCT morphologically abnormal structure / lesion, automatic, with a new Tracking UID
+    (the SR's measurement group for the finding repeats it)."""
+    side = laterality(image)
+    return hd.seg.SegmentDescription(
+        segment_number=finding.index,
+        segment_label=f"Lesion {finding.index}",
+        segmented_property_category=codes.SEGMENT_CATEGORY,
+        segmented_property_type=codes.LESION,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=_algorithm(models),
+        tracking_uid=hd.UID(),
+        tracking_id=f"Lesion {finding.index}",
+        anatomic_regions=[_anatomic_region(side)],
+    )
+
+
+def _check_findings(image: BreastImage, findings: Sequence[Finding]) -> list[Finding]:
+    if not findings:
+        raise ValueError("build_seg needs at least one finding (an image without finding gets an SR only)")
+    ordered = sorted(findings, key=lambda f: f.index)
+    numbers = [f.index for f in ordered]
+    if numbers != list(range(1, len(ordered) + 1)):
+        raise ValueError(f"finding indices must be 1..{len(ordered)} (they are the segment numbers), got {numbers}")
+    rows, cols = int(image.dataset.Rows), int(image.dataset.Columns)
+    for f in ordered:
+        if f.mask.shape != (rows, cols):
+            raise ValueError(f"finding {f.index}: mask shape {f.mask.shape} is not the source frame {(rows, cols)}")
+        if not f.mask.any():
+            raise ValueError(f"finding {f.index}: empty mask")
+    return ordered
+
+
+def _frame_count(dataset: pydicom.Dataset) -> int:
+    return int(dataset.get("NumberOfFrames", 1) or 1)
+
+
+def build_seg(image: BreastImage, findings: Sequence[Finding], models: ModelInfo,
+              settings: OutputSettings) -> hd.seg.Segmentation:
+    """DICOM Segmentation (BINARY) of `findings` on the analysed frame of `image`.
+
+    One segment per finding, segment number = finding.index (findings must be numbered 1..n), label "Lesion N".
+    The segmentation is a new series in the source's study. Raises ValueError on an empty `findings` (an image
+    without finding gets an SR and no SEG), on masks that do not match the source frame, or on empty masks.
+    """
+    ordered = _check_findings(image, findings)
+    source = source_for_reference(image)
+    eq = equipment(models)
+    masks = np.stack([f.mask.astype(bool) for f in ordered], axis=-1)[np.newaxis]  # (1, rows, cols, segments)
+
+    frame_number = image.frame_number
+    if frame_number is not None and not 1 <= frame_number <= _frame_count(source):
+        raise ValueError(f"frame {frame_number} is not a frame of the source ({_frame_count(source)} frames)")
+    true_class = str(source.SOPClassUID)
+    patch_frame: int | None = None
+    geometry = hd.spatial.get_image_coordinate_system(source)
+    if geometry is None and "PixelSpacing" in source:
+        # Without patient geometry highdicom (0.28) copies Pixel Spacing into a Pixel Measures item without Slice
+        # Thickness, which its own reader then rejects; the SEG is aligned with the source by reference anyway.
+        del source.PixelSpacing
+    if "NumberOfFrames" in source and geometry is not None:
+        # Multi-frame source with patient/slide geometry: highdicom places frames by position; give it the whole
+        # stack (empty frames are omitted) so the reference to the analysed frame comes out right.
+        stack = np.zeros((_frame_count(source), *masks.shape[1:]), dtype=bool)
+        stack[(frame_number or 1) - 1] = masks[0]
+        masks = stack
+    elif "NumberOfFrames" in source:
+        # Multi-frame source without a frame of reference (US cine, multi-frame SC): highdicom accepts a single
+        # frame only then, and reads pixel measures of multi-frame sources from functional groups that legacy
+        # multi-frame objects do not have. Build from a single-frame stand-in of the analysed frame, then point
+        # the references back at the real SOP class and frame.
+        source = _single_frame_stand_in(source)
+        patch_frame = frame_number or 1
+
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=masks,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment_description(f, image, models) for f in ordered],
+        series_instance_uid=series_uid(image, "SEG", models),
+        series_number=settings.seg_series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=int(image.dataset.get("InstanceNumber") or 1),
+        manufacturer=eq.manufacturer,
+        manufacturer_model_name=eq.model_name,
+        software_versions=list(eq.software_versions),
+        device_serial_number=eq.serial_number,
+        content_label=CONTENT_LABEL,
+        content_description="BraNet-PACS lesion segmentation, research use only",
+        series_description=f"{settings.series_description_prefix} SEG"[:64],
+        institution_name=settings.institution_name or None,
+    )
+    if patch_frame is not None:
+        _reference_frame(seg, str(image.dataset.SOPInstanceUID), true_class, patch_frame)
+    if hd.spatial.get_image_coordinate_system(image.dataset) is None:
+        # General Image module: Patient Orientation is Type 2C, required when the image has no patient geometry.
+        seg.PatientOrientation = image.dataset.get("PatientOrientation", "")
+    return seg
+
+
+# Single-frame SOP classes standing in for legacy multi-frame ones while highdicom builds the SEG.
+_STAND_IN_CLASS = {"US": "1.2.840.10008.5.1.4.1.1.6.1"}   # US Image Storage
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"         # Secondary Capture Image Storage
+
+
+def _single_frame_stand_in(source: pydicom.Dataset) -> pydicom.Dataset:
+    stand_in = copy.deepcopy(source)
+    del stand_in.NumberOfFrames
+    for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "FrameIncrementPointer"):
+        if keyword in stand_in:
+            delattr(stand_in, keyword)
+    stand_in.SOPClassUID = _STAND_IN_CLASS.get(str(source.get("Modality", "")), _SECONDARY_CAPTURE)
+    return stand_in
+
+
+def _reference_frame(seg: hd.seg.Segmentation, sop_instance_uid: str, sop_class_uid: str, frame: int) -> None:
+    """Point every reference to the source at its real SOP class and at the analysed frame (Referenced Frame
+    Number is required when a reference is to part of a multi-frame instance)."""
+    def fix(item: pydicom.Dataset, with_frame: bool) -> None:
+        if item.ReferencedSOPInstanceUID == sop_instance_uid:
+            item.ReferencedSOPClassUID = sop_class_uid
+            if with_frame:
+                item.ReferencedFrameNumber = frame
+
+    for fg in seg.PerFrameFunctionalGroupsSequence:
+        for derivation in fg.get("DerivationImageSequence", []):
+            for item in derivation.get("SourceImageSequence", []):
+                fix(item, True)
+    # highdicom shares one item between Source Image Sequence and the Common Instance Reference module, whose
+    # SOP Instance Reference Macro has no frame number: give each its own item.
+    for series in seg.get("ReferencedSeriesSequence", []):
+        series.ReferencedInstanceSequence = [copy.deepcopy(i) for i in series.ReferencedInstanceSequence]
+        for item in series.ReferencedInstanceSequence:
+            fix(item, False)
+    for item in seg.get("SourceImageSequence", []):
+        fix(item, True)

@@ -1,0 +1,251 @@
+"""Comprehensive SR writer: a TID 1500 Measurement Report of one analysed breast image (highdicom).
+
+Content tree (codes in `branet_pacs.dicom.codes`):
+
+    CONTAINER Imaging Measurement Report (TID 1500)
+      language, observer context = device "BraNet-PACS" (TID 1002/1004), procedure reported (CID 6050)
+      CONTAINER Image Library (TID 1600) > Image Library Group > IMAGE source [frame] + modality/region/laterality
+      with findings:
+        CONTAINER Imaging Measurements
+          one CONTAINER Measurement Group per finding (TID 1410 Planar ROI Measurements):
+            Tracking Identifier "Lesion N" + Tracking UID (the SEG segment's Tracking UID)
+            Finding = Lesion; Algorithm Identification (name, model version)
+            SCOORD POLYLINE Image Region (closed polygon) SELECTED FROM the source image [frame]
+            IMAGE Referenced Segment -> SEG instance, frame, segment N (extension item, see codes.py)
+            Finding Site = Breast (+ Laterality Left/Right when known)
+            NUM Probability of cancer, in %, with Algorithm Identification
+            CODE Pathology = Benign | Malignant
+      without findings:
+        CONTAINER Qualitative Evaluations (TID 1500 row 12): CODE Pathology = No abnormality
+
+SCOORD coordinates: Finding.outline holds array-index (column, row) points, where index (0, 0) is the centre of
+the top-left pixel; DICOM image coordinates put that centre at (0.5, 0.5), so the SR stores outline + 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from highdicom.sr import RelationshipTypeValues as Rel
+from pydicom.sr.codedict import codes as pydicom_codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+import branet_pacs
+from branet_pacs.config import OutputSettings
+from branet_pacs.dicom import codes
+from branet_pacs.dicom.seg import equipment, laterality, series_uid, source_for_reference
+from branet_pacs.types import BreastImage, Finding, ModelInfo
+
+# DICOM image coordinates of an array index (column, row): the centre of pixel (0, 0) is (0.5, 0.5).
+PIXEL_CENTRE_OFFSET = 0.5
+
+
+def _algorithm(models: ModelInfo) -> hd.sr.AlgorithmIdentification:
+    eq = equipment(models)
+    return hd.sr.AlgorithmIdentification(name=eq.algorithm_name, version=eq.algorithm_version)
+
+
+def _observation_context(models: ModelInfo) -> hd.sr.ObservationContext:
+    eq = equipment(models)
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(entropy_srcs=[eq.algorithm_name, branet_pacs.__version__, "device"]),
+        name=eq.model_name,
+        manufacturer_name=eq.manufacturer,
+        model_name=eq.model_name,
+        serial_number=eq.serial_number,
+    )
+    observer = hd.sr.ObserverContext(observer_type=pydicom_codes.cid270.Device,
+                                     observer_identifying_attributes=device)
+    return hd.sr.ObservationContext(observer_device_context=observer)
+
+
+def breast_procedure(image: BreastImage) -> Code:
+    """CID 6050 breast procedure, written to Performed Procedure Code Sequence (see codes.IMAGING_PROCEDURE)."""
+    if image.modality == "US":
+        return codes.PROCEDURE_BREAST_US
+    return codes.PROCEDURE_MAMMOGRAM[laterality(image)]
+
+
+def _frames(image: BreastImage) -> list[int] | None:
+    """Referenced frame numbers for references to the source (only for multi-frame sources)."""
+    if "NumberOfFrames" not in image.dataset and image.frame_number is None:
+        return None
+    return [int(image.frame_number or 1)]
+
+
+def _image_library(image: BreastImage) -> hd.sr.ContentSequence:
+    """TID 1600 Image Library with one entry (TID 1601/1602) for the analysed source image (frame)."""
+    ds = image.dataset
+    descriptors = [
+        hd.sr.CodeContentItem(name=pydicom_codes.DCM.Modality, value=codes.modality(str(ds.get("Modality", ""))),
+                              relationship_type=Rel.HAS_ACQ_CONTEXT),
+        hd.sr.CodeContentItem(name=pydicom_codes.DCM.TargetRegion, value=codes.BREAST,
+                              relationship_type=Rel.HAS_ACQ_CONTEXT),
+    ]
+    side = laterality(image)
+    if side is not None:
+        descriptors.append(hd.sr.CodeContentItem(name=pydicom_codes.DCM.ImageLaterality,
+                                                 value=codes.LATERALITY[side], relationship_type=Rel.HAS_ACQ_CONTEXT))
+    pixels = hd.sr.CodedConcept(value="{pixels}", meaning="Pixels", scheme_designator="UCUM")
+    for name, value in ((pydicom_codes.DCM.PixelDataRows, ds.Rows), (pydicom_codes.DCM.PixelDataColumns, ds.Columns)):
+        descriptors.append(hd.sr.NumContentItem(name=name, value=int(value), unit=pixels,
+                                                relationship_type=Rel.HAS_ACQ_CONTEXT))
+    entry = hd.sr.ImageContentItem(
+        name=codes.SOURCE, referenced_sop_class_uid=str(ds.SOPClassUID),
+        referenced_sop_instance_uid=str(ds.SOPInstanceUID), referenced_frame_numbers=_frames(image),
+        relationship_type=Rel.CONTAINS)
+    entry.ContentSequence = hd.sr.ContentSequence(descriptors)
+    group = hd.sr.ContainerContentItem(name=pydicom_codes.DCM.ImageLibraryGroup, relationship_type=Rel.CONTAINS)
+    group.ContentSequence = hd.sr.ContentSequence([entry])
+    library = hd.sr.ContainerContentItem(name=pydicom_codes.DCM.ImageLibrary, relationship_type=Rel.CONTAINS)
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    return hd.sr.ContentSequence([library])
+
+
+def scoord_points(finding: Finding) -> np.ndarray:
+    """The finding's closed outline in DICOM image coordinates (column, row), float32 as SCOORD stores them."""
+    points = np.asarray(finding.outline, dtype=np.float64) + PIXEL_CENTRE_OFFSET
+    if len(points) < 4 or not np.array_equal(points[0], points[-1]):
+        raise ValueError(f"finding {finding.index}: outline must be a closed polygon of at least 3 vertices")
+    return points.astype(np.float32)
+
+
+def _segment_tracking(seg: pydicom.Dataset | None) -> dict[int, str]:
+    if seg is None:
+        return {}
+    return {int(s.SegmentNumber): str(s.TrackingUID) for s in seg.SegmentSequence if "TrackingUID" in s}
+
+
+def _segment_illustration(seg: pydicom.Dataset, segment_number: int) -> hd.sr.ImageContentItem:
+    """TID 1410 row 9 IMAGE (121200, DCM, "Illustration of ROI") -> segment `segment_number` of the SEG instance
+    (see codes.ILLUSTRATION_OF_ROI for why not "Referenced Segment(ation Frame)"). No frame numbers: the Image SOP
+    Instance Reference Macro needs no Referenced Frame Number when Referenced Segment Number is present."""
+    return hd.sr.ImageContentItem(
+        name=codes.ILLUSTRATION_OF_ROI,
+        referenced_sop_class_uid=str(seg.SOPClassUID),
+        referenced_sop_instance_uid=str(seg.SOPInstanceUID),
+        referenced_segment_numbers=[int(segment_number)],
+        relationship_type=Rel.CONTAINS,
+    )
+
+
+def _measurement_group(image: BreastImage, finding: Finding, models: ModelInfo, seg: pydicom.Dataset | None,
+                       tracking_uid: str) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    ds = image.dataset
+    if finding.label not in codes.LABEL_CODES:
+        raise ValueError(f"finding {finding.index}: label must be 'benign' or 'malignant', got {finding.label!r}")
+    if not 0.0 <= float(finding.p_malignant) <= 1.0:
+        raise ValueError(f"finding {finding.index}: p_malignant {finding.p_malignant} outside [0, 1]")
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=scoord_points(finding),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(ds.SOPClassUID), referenced_sop_instance_uid=str(ds.SOPInstanceUID),
+            referenced_frame_numbers=_frames(image)),
+    )
+    side = laterality(image)
+    site = hd.sr.FindingSite(anatomic_location=codes.BREAST,
+                             laterality=codes.LATERALITY[side] if side else None)
+    probability = hd.sr.Measurement(
+        name=codes.PROBABILITY_OF_CANCER,
+        value=round(100.0 * float(finding.p_malignant), 6),
+        unit=codes.PERCENT,
+        algorithm_id=_algorithm(models),
+    )
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=f"Lesion {finding.index}"),
+        referenced_region=region,
+        finding_type=codes.LESION,
+        algorithm_id=_algorithm(models),
+        finding_sites=[site],
+        measurements=[probability],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.PATHOLOGY,
+                                                             value=codes.LABEL_CODES[finding.label])],
+    )
+    if seg is not None:
+        _insert_after(group[0].ContentSequence, _segment_illustration(seg, finding.index), after=region)
+    return group
+
+
+def _insert_after(sequence: pydicom.Sequence, item: pydicom.Dataset, after: pydicom.Dataset) -> None:
+    for position, existing in enumerate(sequence):
+        if existing is after:
+            sequence.insert(position + 1, item)
+            return
+    sequence.append(item)
+
+
+def _no_finding_report(image: BreastImage, models: ModelInfo) -> hd.sr.ContainerContentItem:
+    """TID 1500 without imaging measurements: the image was analysed and nothing was found (row 12)."""
+    root = hd.sr.ContainerContentItem(name=codes.REPORT_TITLE, template_id="1500")
+    content = hd.sr.ContentSequence()
+    content.extend(hd.sr.LanguageOfContentItemAndDescendants(hd.sr.templates.DEFAULT_LANGUAGE))
+    content.extend(_observation_context(models))
+    content.append(hd.sr.CodeContentItem(name=pydicom_codes.DCM.ProcedureReported, value=codes.IMAGING_PROCEDURE,
+                                         relationship_type=Rel.HAS_CONCEPT_MOD))
+    content.extend(_image_library(image))
+    evaluations = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type=Rel.CONTAINS)
+    evaluations.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.CodeContentItem(name=codes.PATHOLOGY, value=codes.NO_ABNORMALITY, relationship_type=Rel.CONTAINS),
+    ])
+    content.append(evaluations)
+    root.ContentSequence = content
+    return root
+
+
+def _report(image: BreastImage, findings: Sequence[Finding], models: ModelInfo,
+            seg: pydicom.Dataset | None) -> pydicom.Dataset:
+    if not findings:
+        return _no_finding_report(image, models)
+    tracking = _segment_tracking(seg)
+    groups = [_measurement_group(image, f, models, seg, tracking.get(f.index) or hd.UID())
+              for f in sorted(findings, key=lambda f: f.index)]
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(models),
+        procedure_reported=codes.IMAGING_PROCEDURE,
+        imaging_measurements=groups,
+        title=codes.REPORT_TITLE,
+    )
+    root = report[0]
+    # the Image Library (TID 1500 row 5) goes before Imaging Measurements (row 6)
+    position = next(i for i, item in enumerate(root.ContentSequence)
+                    if item.ConceptNameCodeSequence[0].CodeValue == pydicom_codes.DCM.ImagingMeasurements.value)
+    for offset, item in enumerate(_image_library(image)):
+        root.ContentSequence.insert(position + offset, item)
+    return root
+
+
+def build_sr(image: BreastImage, findings: Sequence[Finding], models: ModelInfo, seg: pydicom.Dataset | None,
+             settings: OutputSettings) -> hd.sr.ComprehensiveSR:
+    """Comprehensive SR (TID 1500) for one analysed image; `seg` is the SEG from `build_seg` (None without
+    findings). Completion PARTIAL, verification UNVERIFIED, preliminary: AI output awaiting a reader."""
+    if findings and seg is not None:
+        numbers = {int(s.SegmentNumber) for s in seg.SegmentSequence}
+        missing = sorted({f.index for f in findings} - numbers)
+        if missing:
+            raise ValueError(f"SEG has no segment for finding(s) {missing}")
+    source = source_for_reference(image)
+    eq = equipment(models)
+    evidence = [source] + ([seg] if seg is not None else [])
+    return hd.sr.ComprehensiveSR(
+        evidence=evidence,
+        content=_report(image, findings, models, seg),
+        series_instance_uid=series_uid(image, "SR", models),
+        series_number=settings.sr_series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=int(image.dataset.get("InstanceNumber") or 1),
+        manufacturer=eq.manufacturer,
+        manufacturer_model_name=eq.model_name,
+        software_versions=list(eq.software_versions),
+        device_serial_number=eq.serial_number,
+        series_description=f"{settings.series_description_prefix} SR"[:64],
+        institution_name=settings.institution_name or None,
+        performed_procedure_codes=[breast_procedure(image)],
+        is_complete=False,
+        is_verified=False,
+        is_final=False,
+    )
