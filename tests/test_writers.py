@@ -21,7 +21,7 @@ import branet_pacs
 from branet_pacs.config import OutputSettings
 from branet_pacs.dicom import codes, validate
 from branet_pacs.dicom.seg import build_seg
-from branet_pacs.dicom.sr import PIXEL_CENTRE_OFFSET, build_sr
+from branet_pacs.dicom.sr import build_sr
 from branet_pacs.imaging.geometry import mask_box, mask_outline
 from branet_pacs.types import BreastImage, Finding, ModelInfo
 
@@ -295,7 +295,8 @@ def test_sr_round_trip(cases: dict[str, Case], name: str) -> None:
         region = group.roi
         assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
         points = region.value
-        np.testing.assert_allclose(points, finding.outline + PIXEL_CENTRE_OFFSET, atol=1e-4)
+        # DICOM image coordinates: the centre of pixel (row 0, column 0) is (0.5, 0.5)
+        np.testing.assert_allclose(points, finding.outline + 0.5, atol=1e-4)
         assert np.array_equal(points[0], points[-1]) and len(points) >= 4
         assert points[:, 0].min() >= 0 and points[:, 0].max() <= src.Columns
         assert points[:, 1].min() >= 0 and points[:, 1].max() <= src.Rows
@@ -334,36 +335,34 @@ def test_sr_refuses_inconsistent_input(cases: dict[str, Case]) -> None:
 
 # --------------------------------------------------------------------------------------------- real validators
 
-@pytest.mark.integration
-@pytest.mark.parametrize("name", ALL_CASES)
-def test_dicom3tools_and_dcmtk_find_outputs_clean(cases: dict[str, Case], name: str) -> None:
-    case = cases[name]
-    outputs = [p for p in (case.seg_path, case.sr_path) if p is not None]
-    reports = [validate.dciodvfy(p) for p in outputs]
-    reports.append(validate.dcentvfy([*outputs, case.source_path]))
-    reports.append(validate.dsrdump(case.sr_path))
-    for report in reports:
-        assert report.ok, report.summary() + "\n" + report.output
+# The only warnings the validators give on our outputs, and why they stay:
+KNOWN_WARNINGS = (
+    # pixelmed's 2022 TID 1410 lacks the qualitative-evaluation row that carries benign/malignant.
+    '(111042,DCM,"Pathology"): Content Item not in template',
+    # dcentvfy files AccessionNumber under the Series IE for SR documents; the value is the study's, copied.
+    "Element=<AccessionNumber> IE <Study> versus <Series>",
+    # The DX source lacks these Type 2 attributes; the SEG/SR IODs require them present (empty).
+    "Attribute present in one instance but not the other",
+    "Missing attribute or value that would be needed to build DICOMDIR",
+)
 
 
 @pytest.mark.integration
-def test_pixelmed_finds_every_sr_clean_and_catches_a_broken_one(cases: dict[str, Case], tmp_path: Path) -> None:
-    broken = pydicom.dcmread(cases["us"].sr_path)
-    procedure = _only(broken, "121058")
-    procedure.ConceptCodeSequence[0].CodeValue = "47079000"     # not in CID 100: the validator must object
-    procedure.ConceptCodeSequence[0].CodeMeaning = "Ultrasonography of breast"
-    broken_path = tmp_path / "broken-sr.dcm"
-    broken.save_as(broken_path, enforce_file_format=True)
-
-    paths = [cases[n].sr_path for n in ALL_CASES] + [broken_path]
-    reports = validate.pixelmed_sr_many(paths)
-    assert [r.files for r in reports] == [(str(p),) for p in paths]
-    for report in reports[:-1]:
-        assert report.ok, report.summary() + "\n" + report.output
-        # The only warning pixelmed (2022 templates) gives: TID 1410 qualitative evaluation row unknown to it.
-        assert all('(111042,DCM,"Pathology"): Content Item not in template' in w for w in report.warnings), \
-            report.warnings
-    assert not reports[-1].ok and any("context group 100" in e for e in reports[-1].errors)
+def test_every_validator_finds_every_output_clean(cases: dict[str, Case]) -> None:
+    items = [(cases[n].seg_path, cases[n].sr_path, [cases[n].source_path]) for n in ALL_CASES]
+    results = validate.validate_outputs_many(items)
+    assert len(results) == len(items)
+    for name, reports in zip(ALL_CASES, results):
+        tools = [r.tool for r in reports]
+        expected = (["dciodvfy"] if cases[name].seg_path else []) + \
+            ["dciodvfy", "dcentvfy", "dsrdump", "pixelmed DicomSRValidator"]
+        assert tools == expected, name
+        for report in reports:
+            assert report.ok, f"{name}: {report.summary()}\n{report.output}"
+            unexplained = [w for w in report.warnings if not any(k in w for k in KNOWN_WARNINGS)]
+            assert not unexplained, (name, report.tool, unexplained)
+            if name != "dx-bare":
+                assert not any("present in one instance" in w or "DICOMDIR" in w for w in report.warnings), name
 
 
 @pytest.mark.integration
@@ -386,11 +385,10 @@ def test_validators_report_failures(cases: dict[str, Case], tmp_path: Path) -> N
     missing = validate.dciodvfy(tmp_path / "does-not-exist.dcm")
     assert not missing.ok and missing.errors
 
-
-@pytest.mark.integration
-def test_validate_outputs_runs_every_check(cases: dict[str, Case]) -> None:
-    case = cases["us-cine-frame3"]
-    reports = validate.validate_outputs(case.seg_path, case.sr_path, [case.source_path])
-    tools = [r.tool for r in reports]
-    assert tools == ["dciodvfy", "dciodvfy", "dcentvfy", "dsrdump", "pixelmed DicomSRValidator"]
-    assert all(r.ok for r in reports), "\n".join(r.summary() for r in reports)
+    broken = pydicom.dcmread(cases["us"].sr_path)
+    procedure = _only(broken, "121058").ConceptCodeSequence[0]
+    procedure.CodeValue, procedure.CodeMeaning = "47079000", "Ultrasonography of breast"  # not in CID 100
+    broken_path = tmp_path / "broken-sr.dcm"
+    broken.save_as(broken_path, enforce_file_format=True)
+    report = validate.pixelmed_sr(broken_path)
+    assert not report.ok and any("context group 100" in e for e in report.errors), report.output

@@ -1,5 +1,6 @@
 """Wrappers around the offline DICOM validators: dicom3tools (dciodvfy, dcentvfy), dcmtk (dsrdump) and pixelmed
-(DicomSRValidator). Each returns a ValidationReport; `validate_outputs` runs all that apply to one analysed image.
+(DicomSRValidator). Each returns a ValidationReport; `validate_outputs` runs all that apply to one analysed image,
+`validate_outputs_many` to several (one pixelmed start for all).
 
 Pass/fail rules (the project's definition of "clean"):
 - dciodvfy -new / dcentvfy: any line starting "Error" (or "Abort") fails; "Warning" lines are reported.
@@ -149,9 +150,20 @@ def validate_outputs(seg_path: PathLike | None, sr_path: PathLike,
                      source_paths: Sequence[PathLike]) -> list[ValidationReport]:
     """Every check for one analysed image: dciodvfy on SEG and SR, dcentvfy across outputs and sources,
     dsrdump and DicomSRValidator on the SR."""
-    outputs = [p for p in (seg_path, sr_path) if p is not None]
-    reports = [dciodvfy(p) for p in outputs]
-    reports.append(dcentvfy([*outputs, *source_paths]))
-    reports.append(dsrdump(sr_path))
-    reports.append(pixelmed_sr(sr_path))
-    return reports
+    return validate_outputs_many([(seg_path, sr_path, source_paths)])[0]
+
+
+def validate_outputs_many(
+        items: Sequence[tuple[PathLike | None, PathLike, Sequence[PathLike]]]) -> list[list[ValidationReport]]:
+    """`validate_outputs` for several analysed images (seg_path or None, sr_path, source_paths), validating all
+    the SRs with one DicomSRValidator start when a JDK is present."""
+    results = []
+    for seg_path, sr_path, source_paths in items:
+        outputs = [p for p in (seg_path, sr_path) if p is not None]
+        reports = [dciodvfy(p) for p in outputs]
+        reports.append(dcentvfy([*outputs, *source_paths]))
+        reports.append(dsrdump(sr_path))
+        results.append(reports)
+    for reports, pixelmed in zip(results, pixelmed_sr_many([sr for _, sr, _ in items])):
+        reports.append(pixelmed)
+    return results
