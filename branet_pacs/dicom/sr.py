@@ -1,20 +1,23 @@
 """Comprehensive SR writer: a TID 1500 Measurement Report of one analysed breast image (highdicom).
 
-Content tree (codes in `branet_pacs.dicom.codes`):
+Content tree (codes and the reasons for them in `branet_pacs.dicom.codes`):
 
-    CONTAINER Imaging Measurement Report (TID 1500)
-      language, observer context = device "BraNet-PACS" (TID 1002/1004), procedure reported (CID 6050)
-      CONTAINER Image Library (TID 1600) > Image Library Group > IMAGE source [frame] + modality/region/laterality
+    CONTAINER Imaging Measurement Report (TID 1500), PARTIAL / UNVERIFIED / PRELIMINARY
+      language; observer context = device "BraNet-PACS" (TID 1002/1004)
+      procedure reported = Imaging procedure (CID 100); the breast procedure (CID 6050) is in the header's
+        Performed Procedure Code Sequence
+      CONTAINER Image Library (TID 1600) > Image Library Group > IMAGE Source [frame]
+        + Modality, Target Region = Breast, Image Laterality (when known), Pixel Data Rows/Columns
       with findings:
         CONTAINER Imaging Measurements
-          one CONTAINER Measurement Group per finding (TID 1410 Planar ROI Measurements):
-            Tracking Identifier "Lesion N" + Tracking UID (the SEG segment's Tracking UID)
-            Finding = Lesion; Algorithm Identification (name, model version)
-            SCOORD POLYLINE Image Region (closed polygon) SELECTED FROM the source image [frame]
-            IMAGE Referenced Segment -> SEG instance, frame, segment N (extension item, see codes.py)
-            Finding Site = Breast (+ Laterality Left/Right when known)
-            NUM Probability of cancer, in %, with Algorithm Identification
+          one Measurement Group per finding (TID 1410 Planar ROI Measurements and Qualitative Evaluations):
+            Tracking Identifier "Lesion N" + Tracking UID (= the SEG segment's Tracking UID)
+            Finding = Lesion; Finding Site = Breast (+ Laterality Left/Right when known)
+            Algorithm Identification (name, model version)
+            NUM Probability of cancer in %, with its own Algorithm Identification
             CODE Pathology = Benign | Malignant
+            SCOORD POLYLINE Image Region (closed polygon) SELECTED FROM the source image [frame]
+            IMAGE Illustration of ROI -> SEG instance, segment N
       without findings:
         CONTAINER Qualitative Evaluations (TID 1500 row 12): CODE Pathology = No abnormality
 
