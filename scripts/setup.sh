@@ -9,7 +9,8 @@ APT_PACKAGES=(
   dcmtk                                      # storescu / dsrdump / dcmcjpeg ...: real modality + SR dump
   dicom3tools                                # dciodvfy / dcentvfy: IOD validators
   pixelmed-apps libpixelmed-java             # DicomSRValidator (TID 1500 checks)
-  default-jre-headless
+  default-jdk-headless                       # java for pixelmed; javac lets the SR validator batch files
+  chromium                                   # headless browser test of the Orthanc Explorer panel
   python3-venv python3-dev
 )
 
