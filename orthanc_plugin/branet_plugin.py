@@ -106,7 +106,8 @@ else:
         elif response.status == 405:
             output.SendMethodNotAllowed(response.allowed)
         else:
-            output.SendHttpStatus(response.status, response.body)
+            text = response.body.decode("utf-8")  # orthanc-python 4.0 wants (status, str, length)
+            output.SendHttpStatus(response.status, text, len(response.body))
 
     orthanc.RegisterOnChangeCallback(_on_change)
     orthanc.RegisterRestCallback("/branet/(.*)", _on_rest)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from branet_pacs import __version__
@@ -23,8 +24,9 @@ from branet_pacs.service.changes import ChangeFeed
 from branet_pacs.service.forward import Forwarder
 from branet_pacs.service.rest import OrthancApi, OrthancError
 from branet_pacs.service.settings import ServiceSettings
-from branet_pacs.service.status import ForwardState, StudyState
-from branet_pacs.service.store import ServiceStore
+from branet_pacs.service.status import (MAX_METADATA_REASON, METADATA_REASON, METADATA_STATUS, METADATA_TIME,
+                                        ForwardState, StudyState)
+from branet_pacs.service.store import Retry, ServiceStore
 from branet_pacs.service.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class BraNetNode:
         self.store = ServiceStore(settings.store_path)
         self.feed = ChangeFeed(api, self.store, get_watermark, set_watermark, settings.analyse_existing_studies)
         self.forwarder = Forwarder(api, self.store, settings.forward)
-        self.supervisor = WorkerSupervisor(settings, self.store)
+        self.supervisor = WorkerSupervisor(settings, self.store, on_retries=self._record_failures)
         self.start_workers = start_workers
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -85,14 +87,29 @@ class BraNetNode:
         if self._thread is not None:
             return
         self._acquire_lock()
-        for retry in self.store.recover_running((), "interrupted: Orthanc or the worker stopped during analysis",
-                                                self.settings.max_attempts, 0.0):
+        retries = self.store.recover_running((), "interrupted: Orthanc or the worker stopped during analysis",
+                                             self.settings.max_attempts, 0.0)
+        for retry in retries:
             log.warning("study %s found running after a restart: %s", retry.study_id, retry.reason)
+        self._record_failures(retries)
         if self.start_workers:
             self.supervisor.start()
         self.started_at = time.time()
         self._thread = threading.Thread(target=self._run, name="branet-maintenance", daemon=True)
         self._thread.start()
+
+    def _record_failures(self, retries: list[Retry]) -> None:
+        """Studies that ran out of attempts get their failed state into Orthanc's metadata too."""
+        for retry in retries:
+            if retry.state is not StudyState.FAILED:
+                continue
+            values = {METADATA_STATUS: StudyState.FAILED.value, METADATA_REASON: retry.reason[:MAX_METADATA_REASON],
+                      METADATA_TIME: datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            try:
+                for name, value in values.items():
+                    self.api.put_text(f"/studies/{retry.study_id}/metadata/{name}", value)
+            except OrthancError as exc:
+                log.warning("study %s: failed state not written to Orthanc metadata: %s", retry.study_id, exc)
 
     def wake(self) -> None:
         self._wake.set()

@@ -15,10 +15,11 @@ import secrets
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 from branet_pacs.service.settings import ServiceSettings
-from branet_pacs.service.store import ServiceStore
+from branet_pacs.service.store import Retry, ServiceStore
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,14 @@ class _Slot:
     not_before: float = 0.0
     handle: WorkerHandle | None = None
     last_exit: str = ""
-    history: list[str] = field(default_factory=list)
 
 
 class WorkerSupervisor:
-    def __init__(self, settings: ServiceSettings, store: ServiceStore, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: ServiceSettings, store: ServiceStore, extra_env: dict[str, str] | None = None,
+                 on_retries: Callable[[list[Retry]], None] | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.on_retries = on_retries
         self.extra_env = dict(extra_env or {})
         self.slots = [_Slot() for _ in range(settings.workers)]
         self._stopping = False
@@ -120,6 +122,8 @@ class WorkerSupervisor:
                                             self.settings.max_attempts, self.settings.retry_delay)
         for retry in retries:
             log.warning("study %s: %s", retry.study_id, retry.reason)
+        if retries and self.on_retries is not None:
+            self.on_retries(retries)
         self.store.event("warning" if code in (0, -signal.SIGTERM) else "error", "", slot.last_exit)
         if now - handle.started_at < QUICK_EXIT:
             slot.quick_exits += 1
