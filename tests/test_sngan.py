@@ -107,6 +107,15 @@ def test_training_writes_checkpoints_grids_plots_with_finite_losses(tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["step"] == 6
     assert torch.isfinite(ckpt["iterations"]).all() and ckpt["iterations"].shape == (6, 4)
     assert ckpt["generator_ema"] and not torch.equal(ckpt["generator_ema"]["fc.weight"], ckpt["generator"]["fc.weight"])
+    # the EMA generator gets its own batch-norm statistics (re-estimated from its outputs), not the raw one's
+    key = "bn0.bn.running_mean"
+    assert not torch.allclose(ckpt["generator_ema"][key], ckpt["generator"][key])
+    ema, raw = load_generator(run / "checkpoints" / "epoch_0002.pt"), load_generator(run / "checkpoints" /
+                                                                                      "epoch_0002.pt", "raw")
+    assert not np.array_equal(sample(ema, 2, "benign", 0), sample(raw, 2, "benign", 0))
+    assert np.array_equal(sample(ema, 2, "benign", 0), sample(load_generator(run, "ema"), 2, "benign", 0))
+    with pytest.raises(ValueError):
+        load_generator(run / "generator.safetensors", "raw")
     grid = np.asarray(Image.open(run / "samples" / "epoch_0002.png"))
     assert grid.ndim == 2 and grid.shape[0] > 32 * 2  # two class rows of 32 px
     with pytest.raises(FileExistsError):

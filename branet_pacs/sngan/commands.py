@@ -50,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--out", required=True, help="output folder")
     gen.add_argument("--format", default="png", choices=("png", "dicom"))
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"),
+                     help="from a .pt checkpoint: EMA or raw generator weights (auto: EMA when kept)")
     gen.add_argument("--threads", type=int, default=None)
     gen.add_argument("--config", default=None)
     gen.set_defaults(func=_generate)
@@ -110,7 +112,7 @@ def _generate(args: argparse.Namespace) -> int:
     from branet_pacs.sngan.generate import generate
 
     _runtime(args)
-    files = generate(args.checkpoint, args.n, args.label, args.out, args.format, args.seed)
+    files = generate(args.checkpoint, args.n, args.label, args.out, args.format, args.seed, args.weights)
     print(f"wrote {len(files)} {args.format} files to {args.out}")
     return 0
 

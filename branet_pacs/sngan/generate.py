@@ -43,18 +43,22 @@ class LoadedGenerator:
     modality: str
     epoch: int
     source: str
+    weights: str = "auto"
 
     @property
     def version(self) -> str:
         return f"{Path(self.source).stem}-epoch{self.epoch}"
 
 
-def load_generator(path: str | Path) -> LoadedGenerator:
+def load_generator(path: str | Path, weights: str = "auto") -> LoadedGenerator:
     """Generator from RUN/generator.safetensors, RUN/checkpoints/epoch_N.safetensors or a training .pt checkpoint.
 
     A directory is read as a run folder (its generator.safetensors). A .pt checkpoint is read with
-    torch.load(weights_only=True); its EMA weights are used when the run kept an EMA.
+    torch.load(weights_only=True); `weights` picks "ema" or "raw" generator weights there ("auto": EMA when the run
+    kept one). A .safetensors file holds one set (the EMA one when the run kept an EMA).
     """
+    if weights not in ("auto", "ema", "raw"):
+        raise ValueError(f"weights must be auto, ema or raw, got {weights!r}")
     path = Path(path)
     if path.is_dir():
         path = path / "generator.safetensors"
@@ -68,17 +72,21 @@ def load_generator(path: str | Path) -> LoadedGenerator:
         network = NetworkConfig.from_dict(json.loads(meta["network"]))
         classes = tuple(json.loads(meta["classes"]))
         modality, epoch = meta.get("modality", ""), int(meta.get("epoch", "0"))
+        if weights != "auto" and (meta.get("ema") == "true") != (weights == "ema"):
+            raise ValueError(f"{path} holds {'EMA' if meta.get('ema') == 'true' else 'raw'} weights only")
         state = load_file(str(path))
     else:
         data = load_checkpoint(path)
         network = NetworkConfig.from_dict(data["network"])
         classes = tuple(data["classes"])
         modality, epoch = str(data["settings"]["modality"]), int(data["epoch"])
-        state = data["generator_ema"] or data["generator"]
+        if weights == "ema" and not data["generator_ema"]:
+            raise ValueError(f"{path} holds no EMA generator (the run was trained without --ema)")
+        state = data["generator"] if weights == "raw" else (data["generator_ema"] or data["generator"])
     generator = Generator(network)
     generator.load_state_dict(state)
     generator.eval().requires_grad_(False)
-    return LoadedGenerator(generator, network, classes, modality, epoch, str(path))
+    return LoadedGenerator(generator, network, classes, modality, epoch, str(path), weights)
 
 
 def sample(loaded: LoadedGenerator, n: int, label: str, seed: int = 0, batch_size: int = 64) -> np.ndarray:
@@ -144,11 +152,11 @@ def synthetic_sc(pixels: np.ndarray, label: str, index: int, study_uid: str, ser
 
 
 def generate(checkpoint: str | Path, n: int, label: str, out_dir: str | Path, fmt: str = "png",
-             seed: int = 0) -> list[Path]:
+             seed: int = 0, weights: str = "auto") -> list[Path]:
     """Write n synthetic ROIs of class `label` into out_dir as PNG (8-bit) or DICOM SC; returns the files."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    loaded = load_generator(checkpoint)
+    loaded = load_generator(checkpoint, weights)
     images = sample(loaded, n, label, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

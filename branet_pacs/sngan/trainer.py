@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -197,6 +198,33 @@ def _ema_update(ema: Generator, model: Generator, decay: float) -> None:
             e.copy_(b)
 
 
+def refresh_batch_norm_stats(generator: Generator, seed: int, batches: int = 8, batch_size: int = 32) -> None:
+    """Re-estimate the generator's batch-norm running statistics from its own outputs ("standing statistics").
+
+    An EMA generator's weights are an average, but the running statistics it inherits belong to the raw generator;
+    sampling it in eval mode with those statistics gives washed-out images. Cumulative averages over `batches`
+    batches of random latents (classes in equal shares) fix that. Uses its own seeded RNG: training is unaffected.
+    """
+    config = generator.config
+    rng = torch.Generator().manual_seed(seed)
+    device = next(generator.parameters()).device
+    norms = [m for m in generator.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    was_training = generator.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    generator.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            z = sample_latent(batch_size, config.latent_dim, rng).to(device)
+            y = (torch.arange(batch_size) % config.num_classes).to(device)
+            generator(z, y)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    generator.train(was_training)
+
+
 def _train_epoch(state: TrainState, data: RoiSet, settings: TrainSettings, device: torch.device,
                  progress: bool) -> None:
     n = len(data)
@@ -330,13 +358,15 @@ def _save_epoch(run_dir: Path, state: TrainState, network: NetworkConfig, settin
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"epoch_{state.epoch:04d}.pt"
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(checkpoint_dict(state, network, settings), tmp)
-    tmp.replace(path)
+    if state.ema is not None:
+        refresh_batch_norm_stats(state.ema, seed=settings.seed + 1000 + state.epoch)
     best = state.ema if state.ema is not None else state.generator
     weights = ckpt_dir / f"epoch_{state.epoch:04d}.safetensors"
     save_generator_weights(weights, best, network, settings, state.epoch, state.ema is not None)
     save_generator_weights(run_dir / "generator.safetensors", best, network, settings, state.epoch,
                            state.ema is not None)
+    torch.save(checkpoint_dict(state, network, settings), tmp)  # after the EMA refresh: resume sees the same state
+    tmp.replace(path)
     samples = run_dir / "samples"
     samples.mkdir(exist_ok=True)
     grid = sample_grid(best, state.fixed_z, state.fixed_y, settings.samples_per_class)
