@@ -93,6 +93,10 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     p.add_argument("--tta", action="store_true", help="average predictions over horizontal flip")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start every fold from these classifier weights (e.g. models/us-resnet18/weights.safetensors)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="training autocast: auto = bf16 on CUDA or CPUs with AMX/AVX512-BF16")
     p.add_argument("--version", default=None, help="model version string (default: date-based)")
     p.add_argument("--name", default=None, help="manifest name (default: OUT folder name)")
     p.add_argument("--no-register", action="store_true", help="do not write the models/manifest.json entry")
@@ -105,7 +109,8 @@ def _run_train(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         modality=args.modality, folds=args.folds, epochs=args.epochs, patience=args.patience,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-        synthetic_ratio=args.synthetic_ratio, device=args.device, threads=args.threads, tta=args.tta)
+        synthetic_ratio=args.synthetic_ratio, device=args.device, threads=args.threads, tta=args.tta,
+        precision=args.precision, init=str(args.init) if args.init else None)
     result = train_model(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic,
                          version=args.version, name=args.name, register=not args.no_register)
     summary = result["summary"]

@@ -246,7 +246,10 @@ def boxes_lesions(csv_path: Path, images: Path, report: PrepareReport) -> list[L
     counts: Counter = Counter()
     lesions: list[Lesion] = []
     seen: set[str] = set()
-    for row in sorted(rows, key=lambda r: (r[columns["image"]], r[columns["x0"]], r[columns["y0"]])):
+    def order(row: dict) -> tuple:
+        return (row[columns["image"]].strip(), float(row[columns["x0"]]), float(row[columns["y0"]]))
+
+    for row in sorted(rows, key=order):
         rel = row[columns["image"]].strip()
         image_path = images / rel
         seen.add(rel)

@@ -66,6 +66,7 @@ class TrainSettings:
     tta: bool = False             # horizontal-flip test-time augmentation (validation and shipped model)
     precision: str = "auto"       # auto | fp32 | bf16 (autocast for the training step)
     final_model: bool = True      # retrain on all data after CV (False: ship the fold-1 best model; tests)
+    init: str | None = None       # classifier safetensors to start from (e.g. the US model for MG), else random
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -125,7 +126,10 @@ class Run:
 
 def _new_run(settings: TrainSettings, steps_per_epoch: int, seed: int, device: torch.device) -> Run:
     torch.manual_seed(seed)
-    model = build_resnet18(settings.dropout).to(device).to(memory_format=torch.channels_last)
+    model = build_resnet18(settings.dropout)
+    if settings.init:
+        model.load_state_dict(load_classifier_networks(settings.init, settings.dropout)[0].state_dict())
+    model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     total = max(1, settings.epochs * steps_per_epoch)
     warmup = max(1, min(steps_per_epoch, total // 10))
@@ -464,6 +468,7 @@ augmentation for {doc['modality']} (see `branet_pacs.train.datasets.augment_sett
 autocast on {doc['device']}; early stopping on validation ROC AUC (patience {st['patience']}), best-AUC weights
 kept. The shipped network was then retrained on all ROIs with the same schedule for
 {doc['final']['epochs']} epochs (median best epoch of the folds){'' if doc['final']['trained'] else ' — skipped in this run: the fold-1 model is shipped'}.
+Initial weights: {st.get('init') or 'random (no pretraining)'}.
 Wall time on this machine: cross-validation {wall['cross_validation'] / 60:.1f} min, final model
 {wall['final'] / 60:.1f} min.
 
