@@ -18,6 +18,7 @@ from branet_pacs.config import load_config
 from branet_pacs.pacs.reanalyze import ReanalyzeOptions, Summary, reanalyze, with_models_dir
 from branet_pacs.pacs.sources import (DEFAULT_CALLING_AET, DEFAULT_RECEIVE_PORT, ArchiveUnreachable,
                                       ConnectionOptions, StudyQuery, date_range, validate_url)
+from branet_pacs.pacs.state import StateBusy
 
 EXIT_FAILED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 130
 MAX_FAILURES_SHOWN = 20
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     config = with_models_dir(load_config(args.config), args.models_dir)
     try:
         summary = reanalyze(options, config)
-    except ArchiveUnreachable as exc:
+    except (ArchiveUnreachable, StateBusy) as exc:
         print(f"branet reanalyze: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     print_summary(summary, str(options.state_path()), str(options.log_path()))

@@ -22,6 +22,7 @@ from branet_pacs.pacs.sources import (ArchiveError, ArchiveUnreachable, Connecti
 
 PAGE_SIZE = 200          # studies per QIDO-RS request
 STORE_BATCH = 16         # instances per STOW-RS request
+RETRY_ATTEMPTS = 3       # attempts per request once the archive has answered (1 s, 2 s back-off)
 ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)   # WADO-RS: send instances as stored, no transcoding
 
 
@@ -77,13 +78,18 @@ class DicomWebArchive:
             raise ArchiveUnreachable(f"cannot reach {self.url}: {network_cause(exc)}") from exc
 
     def check(self) -> None:
+        # No retries here (dicomweb-client retries any exception with exponential back-off, ~30 s for a refused
+        # connection): an archive that is down at the start is reported at once. Later requests do retry.
+        self.client.set_http_retry_params(retry=False)
         try:
             self._call("QIDO-RS", self.client.search_for_studies, limit=1, fields=["StudyInstanceUID"])
         except ArchiveUnreachable:
             raise
         except ArchiveError as exc:
-            raise ArchiveUnreachable(f"cannot use {self.url}: {exc.__cause__ and network_cause(exc.__cause__)}") \
-                from exc
+            cause = network_cause(exc.__cause__) if exc.__cause__ is not None else str(exc)
+            raise ArchiveUnreachable(f"cannot use {self.url}: {cause}") from exc
+        finally:
+            self.client.set_http_retry_params(retry=True, max_attempts=RETRY_ATTEMPTS)
 
     def iter_studies(self, query: StudyQuery) -> Iterator[StudyRef]:
         offset = 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, build_role, evt
 from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
@@ -112,7 +113,19 @@ class DimseArchive:
             if status != 0x0000:
                 raise ArchiveUnreachable(f"cannot reach {self.url}: C-ECHO answered {status!r}")
         finally:
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
+        # Many archives accept any association and C-ECHO but refuse queries from unknown AE titles: ask one.
+        probe_query = Dataset()
+        probe_query.QueryRetrieveLevel = "STUDY"
+        probe_query.StudyInstanceUID = generate_uid(entropy_srcs=["branet reanalyze connection check"])
+        try:
+            for _ in self._find(probe_query):
+                pass
+        except ArchiveError as exc:
+            raise ArchiveUnreachable(
+                f"cannot use {self.url}: a test C-FIND was refused ({exc.args[0].split(': ', 1)[-1]}); is our AE "
+                f"title '{self.options.calling_aet}' allowed to query {self.address.called_aet}?") from exc
 
     # --- query -------------------------------------------------------------------------------------------------
     def _find(self, identifier: Dataset) -> Iterator[Dataset]:
@@ -245,6 +258,7 @@ class DimseArchive:
         ae.network_timeout = self.options.timeout
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(sc.Verification)   # archives C-ECHO their move destinations
         try:
             self._server = ae.start_server(("", self.options.receive_port), block=False,
                                            evt_handlers=[(evt.EVT_C_STORE, self._on_store)])

@@ -208,8 +208,8 @@ class Reanalysis:
             self.dest.check()
         state_path = options.state_path()
         spool = state_path.with_suffix(".spool")
-        shutil.rmtree(spool, ignore_errors=True)   # left over by a killed run: those studies are redone
         with StateStore(state_path) as state, _Stop() as stop:
+            shutil.rmtree(spool, ignore_errors=True)   # left by a killed run (the lock is ours): redone below
             journal = Journal(options.log_path())
             self.state, self.journal, self.spool = state, journal, spool
             run = state.begin_run(self.source.url, self.dest.url, self.key, self._arguments())

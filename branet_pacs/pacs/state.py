@@ -8,6 +8,7 @@ failed) is picked up again by the next run. Only the driver process writes; ever
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import time
@@ -47,6 +48,10 @@ CREATE INDEX IF NOT EXISTS studies_by_run ON studies (listed_run, status);
 """
 
 
+class StateBusy(RuntimeError):
+    """Another process holds the state file (two runs of one state file would redo each other's work)."""
+
+
 class StudyStatus(str, Enum):
     PENDING = "pending"
     RUNNING = "running"
@@ -74,6 +79,12 @@ class StateStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path.with_name(self.path.name + ".lock"), "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise StateBusy(f"another run is using the state file {self.path}") from None
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -87,6 +98,7 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+        self._lock.close()   # releases the lock
 
     # --- runs ---------------------------------------------------------------------------------------------------
     def begin_run(self, source: str, dest: str, model_key: str, arguments: dict) -> int:

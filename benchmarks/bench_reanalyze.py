@@ -1,0 +1,99 @@
+"""Re-analysis throughput: studies/min for N synthetic US studies (one 640x480 image each) in a real Orthanc,
+with 1 and 2 worker processes, over DIMSE (C-GET + C-STORE) or DICOMweb.
+
+Every run uses a fresh state file and `--force`, so all studies are retrieved, analysed and stored again (the
+outputs keep their SOP Instance UIDs, so the archive does not grow). A run's time is the driver's wall time from the
+first query to the last store, worker start-up and model loading included. Prints medians over REPEATS runs and
+the 2-vs-1 scaling ratio, plus the load average (other work on the machine skews every figure).
+
+Run: .venv/bin/python benchmarks/bench_reanalyze.py [--studies 20] [--repeats 3] [--transport dimse|dicomweb]
+     [--models-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))   # the Orthanc harness and the synthetic DICOM factory live with the tests
+
+import dicom_factory as factory  # noqa: E402
+import pacs_harness as harness  # noqa: E402
+
+from branet_pacs.config import DEFAULT_MODELS_DIR, load_config  # noqa: E402
+from branet_pacs.pacs.reanalyze import ReanalyzeOptions, reanalyze, with_models_dir  # noqa: E402
+from branet_pacs.pacs.sources import ConnectionOptions  # noqa: E402
+
+
+def seed(archive: harness.Archive, studies: int) -> None:
+    for index in range(studies):
+        study = factory.new_study(StudyDate="20200101", AccessionNumber=f"BENCH{index:04d}")
+        archive.upload([factory.make_us(480, 640, study=study, seed=index, with_regions=True)])
+
+
+def one_run(archive: harness.Archive, url: str, workers: int, work: Path, config) -> dict:
+    state = Path(tempfile.mkdtemp(dir=work)) / "state.sqlite"
+    options = ReanalyzeOptions(
+        source=url, workers=workers, state=state, force=True, progress=False,
+        connection=ConnectionOptions(calling_aet=harness.SCU_AET, retrieve="get",
+                                     username=harness.USER, password=harness.PASSWORD))
+    summary = reanalyze(options, config)
+    if summary.counts["failed"] or summary.interrupted:
+        raise SystemExit(f"benchmark run failed: {summary.as_dict()}")
+    events = [json.loads(line) for line in state.with_suffix(".jsonl").read_text().splitlines()]
+    per_study = [e["seconds"] for e in events if e["event"] == "study" and "seconds" in e]
+    return {"seconds": summary.seconds, "analysed": summary.counts["analysed"],
+            "per_study": statistics.median(per_study) if per_study else float("nan")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--transport", choices=["dimse", "dicomweb"], default="dimse")
+    parser.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    args = parser.parse_args()
+    if not harness.orthanc_available():
+        raise SystemExit("Debian orthanc + orthanc-dicomweb are needed (make setup)")
+    config = with_models_dir(load_config(), args.models_dir)
+
+    with tempfile.TemporaryDirectory(prefix="branet-bench-reanalyze-") as tmp:
+        work = Path(tmp)
+        archive = harness.start_archive(work / "orthanc")
+        try:
+            seed(archive, args.studies)
+            url = archive.dimse_url if args.transport == "dimse" else archive.dicomweb_url
+            rows = []
+            for workers in args.workers:
+                runs = []
+                for repeat in range(args.repeats):
+                    run = one_run(archive, url, workers, work, config)
+                    runs.append(run)
+                    print(f"  workers={workers} run {repeat + 1}/{args.repeats}: {run['analysed']} studies in "
+                          f"{run['seconds']:.1f} s (load average {os.getloadavg()[0]:.1f})", flush=True)
+                seconds = statistics.median(r["seconds"] for r in runs)
+                rate = statistics.median(r["analysed"] / r["seconds"] * 60.0 for r in runs)
+                rows.append((workers, len(runs), runs[0]["analysed"], seconds, rate,
+                             statistics.median(r["per_study"] for r in runs)))
+        finally:
+            archive.stop()
+
+    print(f"\nre-analysis over {args.transport} of {args.studies} synthetic US studies (640x480, 1 image each), "
+          f"{os.cpu_count()} CPU cores, load average now {os.getloadavg()[0]:.1f}")
+    print(f"{'workers':>7} {'runs':>4} {'studies':>7} {'median s':>9} {'studies/min':>11} {'s/study in worker':>17}")
+    for workers, runs, studies, seconds, rate, per_study in rows:
+        print(f"{workers:>7} {runs:>4} {studies:>7} {seconds:>9.1f} {rate:>11.2f} {per_study:>17.2f}")
+    rates = {workers: rate for workers, _, _, _, rate, _ in rows}
+    if 1 in rates and 2 in rates:
+        print(f"scaling 2 vs 1 workers: x{rates[2] / rates[1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
