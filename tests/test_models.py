@@ -221,6 +221,15 @@ def test_classifier_refuses_tampered_weights(tmp_path: Path) -> None:
         MalignancyClassifier.load(models, "US", device="cpu")
 
 
+def test_classifier_without_threshold_is_unavailable(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    weights = models / "w.safetensors"
+    save_classifier(build_resnet18(), weights)
+    register_model(models, _entry("us-nothreshold", "w.safetensors", file_sha256(weights), threshold=None))
+    with pytest.raises(ModelUnavailable, match="threshold"):
+        MalignancyClassifier.load(models, "US", device="cpu")
+
+
 # --- segmenters ---------------------------------------------------------------------------------------------
 
 from branet_pacs.config import SegmentationSettings  # noqa: E402
