@@ -31,7 +31,8 @@ from branet_pacs.types import Box
 log = logging.getLogger(__name__)
 
 MODEL_KIND = "detector"
-WEIGHTS_FILE = "weights.safetensors"
+METADATA_KEY = "branet_lesion_detector"
+METADATA_FORMAT = "branet-lesion-detector/1"
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,8 @@ class DetectorSpec:
     crop_to_valid: bool = True         # crop to the valid mask's bounding box before letterboxing
     flip_tta: bool = True              # average the heatmap with the horizontally flipped input's
 
-    def to_metadata(self) -> dict[str, str]:
-        return {"detector_spec": json.dumps(asdict(self))}
-
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str] | None) -> "DetectorSpec":
-        if not metadata or "detector_spec" not in metadata:
-            raise ModelUnavailable("detector weights carry no 'detector_spec' metadata")
-        values = json.loads(metadata["detector_spec"])
+    def from_dict(cls, values: dict) -> "DetectorSpec":
         known = {f.name for f in fields(cls)}
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
         return cls(**values)
@@ -139,7 +134,10 @@ def save_weights(path: str | Path, members: list[TinyUNet], spec: DetectorSpec) 
         for key, value in member.state_dict().items():
             value = value.detach().cpu()
             tensors[f"m{index}.{key}"] = (value.half() if value.is_floating_point() else value.clone()).contiguous()
-    metadata = {**spec.to_metadata(), "members": str(len(members)), "format": "branet-lesion-detector/1"}
+    # One metadata key: safetensors stores metadata as a hash map, so several keys would make the bytes (and
+    # the manifest's SHA-256) change from one save to the next.
+    header = {"format": METADATA_FORMAT, "members": len(members), "spec": asdict(spec)}
+    metadata = {METADATA_KEY: json.dumps(header, sort_keys=True)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
@@ -341,9 +339,12 @@ class LesionDetector:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                spec = DetectorSpec.from_metadata(metadata)
                 state = {key: handle.get_tensor(key) for key in handle.keys()}
-            count = int(metadata.get("members", "1"))
+            if METADATA_KEY not in metadata:
+                raise ModelUnavailable(f"{path} is not a BraNet lesion detector (no '{METADATA_KEY}' metadata)")
+            header = json.loads(metadata[METADATA_KEY])
+            spec = DetectorSpec.from_dict(header["spec"])
+            count = int(header["members"])
         except ModelUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - a corrupt file is a missing model, never random weights

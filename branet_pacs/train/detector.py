@@ -31,8 +31,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DEFAULTS = {
-    "US": {"size": 128, "epochs": 30, "crop": 0, "folds": 5},
-    "MG": {"size": 256, "epochs": 40, "crop": 128, "folds": 5},
+    "US": {"size": 112, "epochs": 36, "crop": 0, "folds": 3, "repeats": 1},
+    "MG": {"size": 256, "epochs": 32, "crop": 128, "folds": 3, "repeats": 2},
 }
 SCORE_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 CITATIONS = {
@@ -272,6 +272,7 @@ class TrainSettings:
     weight_decay: float = 1e-4
     crop: int = 0                  # train on random crop x crop windows of the letterboxed input (0 = whole input)
     lesion_crop_p: float = 0.6     # chance that a crop of a lesion image is centred near a lesion
+    repeats: int = 1               # times each training image is drawn per epoch (with crops: different windows)
     seed: int = 0
     channels: tuple[int, ...] = (16, 32, 64, 128)
     val_every: int = 5             # held-out loss/Dice every this many epochs (and after the last)
@@ -400,7 +401,8 @@ def train_fold(cache: CachedSet, train_idx: np.ndarray, val_idx: np.ndarray, set
         start_epoch = int(state["epoch"])
         history = list(state["history"])
         log.info("fold %d: resumed after epoch %d", fold, start_epoch)
-    steps = max(1, math.ceil(len(train_idx) / settings.batch_size))
+    drawn = len(train_idx) * max(1, settings.repeats)
+    steps = max(1, math.ceil(drawn / settings.batch_size))
     total = steps * settings.epochs
     x_all = cache.inputs[train_idx]
     y_all = cache.targets[train_idx]
@@ -409,7 +411,7 @@ def train_fold(cache: CachedSet, train_idx: np.ndarray, val_idx: np.ndarray, set
         began = time.perf_counter()
         generator = torch.Generator().manual_seed(settings.seed * 100_003 + fold * 1009 + epoch)
         rng = np.random.default_rng(settings.seed * 100_003 + fold * 1009 + epoch)
-        order = torch.randperm(len(train_idx), generator=generator).numpy()
+        order = torch.randperm(drawn, generator=generator).numpy() % len(train_idx)
         running = 0.0
         batches = range(steps)
         if progress:
@@ -433,7 +435,7 @@ def train_fold(cache: CachedSet, train_idx: np.ndarray, val_idx: np.ndarray, set
             loss.backward()
             optimizer.step()
             running += loss.item() * len(pick)
-        record = {"epoch": epoch + 1, "train_loss": running / len(train_idx),
+        record = {"epoch": epoch + 1, "train_loss": running / drawn,
                   "seconds": time.perf_counter() - began}
         if len(val_idx) and ((epoch + 1) % max(1, settings.val_every) == 0 or epoch + 1 == settings.epochs):
             val = evaluate_loss(net, cache.inputs[val_idx], cache.targets[val_idx])
@@ -616,7 +618,8 @@ def train_detector(args: argparse.Namespace) -> int:
     args.folds = folds
     settings = TrainSettings(modality=modality, size=args.size or defaults["size"],
                              epochs=args.epochs or defaults["epochs"], batch_size=args.batch_size, lr=args.lr,
-                             crop=defaults["crop"] if args.crop is None else args.crop, seed=args.seed)
+                             crop=defaults["crop"] if args.crop is None else args.crop, seed=args.seed,
+                             repeats=args.repeats or defaults["repeats"])
     if settings.size % 16 or (settings.crop and settings.crop % 16):
         raise SystemExit("--size and --crop must be multiples of 16")
     configure_torch(args.threads)
@@ -958,10 +961,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="busi SRC (BUSI folders) or mias SRC (mini-MIAS films + Info.txt)")
     parser.add_argument("--modality", choices=("us", "mg", "US", "MG"), required=True)
     parser.add_argument("--out", required=True, help="models/NAME (weights, metrics, card; manifest in its parent)")
-    parser.add_argument("--folds", type=int, default=0, help="cross-validation folds (default 5)")
-    parser.add_argument("--epochs", type=int, default=0, help="epochs per fold (default US 30, MG 40)")
-    parser.add_argument("--size", type=int, default=0, help="letterboxed input side (default US 128, MG 256)")
+    parser.add_argument("--folds", type=int, default=0, help="cross-validation folds (default 3)")
+    parser.add_argument("--epochs", type=int, default=0, help="epochs per fold (default US 36, MG 32)")
+    parser.add_argument("--size", type=int, default=0, help="letterboxed input side (default US 112, MG 256)")
     parser.add_argument("--crop", type=int, default=None, help="training crop side (default US 0 = whole, MG 128)")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="draws of each training image per epoch (default US 1, MG 2: two crops per film)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
