@@ -13,7 +13,9 @@ import sys
 # Modules that contribute sub-commands, in help order. A module that is missing (not built yet) is left out.
 COMMAND_MODULES = (
     "branet_pacs.analyze",          # branet analyze
-    "branet_pacs.train.commands",   # branet prepare / train / evaluate / agreement / train-detector
+    "branet_pacs.train.commands",   # branet prepare / train / evaluate / agreement
+    "branet_pacs.train.detector",   # branet train-detector / evaluate-proposals
+    "branet_pacs.train.image_eval",  # branet evaluate-images
     "branet_pacs.sngan.commands",   # branet sngan ...
     "branet_pacs.pacs.commands",    # branet reanalyze
     "branet_pacs.service.commands",  # branet orthanc ...

@@ -107,9 +107,14 @@ class Analyzer:
             min_score=settings.min_proposal_score)
         return [Prompt(p.box, float(p.score), "auto") for p in proposals]
 
-    def analyze_image(self, image: BreastImage, boxes: Sequence[Box] | None = None) -> ImageResult:
-        """Find, segment and classify lesions on one image and encode SEG (when any finding) + SR."""
-        timings: dict[str, float] = {}
+    def use(self, kind: str, modality: str, model: object) -> None:
+        """Run with a given model object instead of the manifest's (evaluation with fold models, tests)."""
+        self._cache[(kind, modality)] = model
+
+    def find_lesions(self, image: BreastImage, boxes: Sequence[Box] | None = None,
+                     timings: dict[str, float] | None = None) -> tuple[Finding, ...]:
+        """Propose (or take the given boxes), segment, cut ROIs and classify: the findings, no DICOM encoding."""
+        timings = {} if timings is None else timings
         clock = time.perf_counter()
 
         def lap(stage: str) -> None:
@@ -118,27 +123,34 @@ class Analyzer:
             timings[stage] = timings.get(stage, 0.0) + now - clock
             clock = now
 
-        models = self.model_info(image.modality, automatic=not boxes)  # fails early when weights are missing
-        lap("load")
+        classifier = self.classifier(image.modality)       # fails early when weights are missing
         prompts = self.prompts(image, boxes)
         lap("propose")
         masks = self.segmenter().segment(image.pixels, [p.box for p in prompts]) if prompts else []
         lap("segment")
         kept = _distinct_lesions(image, prompts, masks)
-        classifier = self.classifier(image.modality)
         # The margin the classifier was trained with wins over the configured one: ROIs must match training.
         margin = classifier.roi_margin if classifier.roi_margin is not None else self.config.segmentation.roi_margin
         rois = [extract_roi(image.pixels, box, margin) for _, _, box in kept]
         lap("preprocess")
         probabilities = classifier.predict(np.stack(rois)) if rois else np.zeros(0)
         lap("classify")
-        findings = tuple(
+        return tuple(
             _finding(index, image, prompt, mask, roi, float(p), classifier.label(float(p)))
             for index, ((prompt, mask, _), roi, p) in enumerate(zip(kept, rois, probabilities), start=1))
+
+    def analyze_image(self, image: BreastImage, boxes: Sequence[Box] | None = None) -> ImageResult:
+        """Find, segment and classify lesions on one image and encode SEG (when any finding) + SR."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        models = self.model_info(image.modality, automatic=not boxes)  # fails early when weights are missing
+        timings["load"] = time.perf_counter() - start
+        findings = self.find_lesions(image, boxes, timings)
+        start = time.perf_counter()
         settings = self.config.output
         seg = build_seg(image, findings, models, settings) if findings else None
         sr = build_sr(image, findings, models, seg, settings)
-        lap("encode")
+        timings["encode"] = time.perf_counter() - start
         log.info("analysed SOP %s frame %s: %d finding(s)", image.sop_instance_uid, image.frame_number, len(findings))
         return ImageResult(image=image, findings=findings, models=models, seg=seg, sr=sr, timings=timings)
 

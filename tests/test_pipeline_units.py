@@ -100,3 +100,9 @@ def test_finding_lives_in_source_frame_coordinates():
     assert finding.mask.shape == (400, 500)
     assert finding.box == (120, 60, 160, 80)
     assert finding.outline[:, 0].min() >= 119 and finding.outline[:, 1].max() <= 80
+
+
+def test_roi_and_case_keys_agree():
+    from branet_pacs.train.image_eval import _roi_key
+    assert _roi_key("benign/benign (106)-1.png") == _roi_key("benign/benign (106)") == "benign (106)"
+    assert _roi_key("malignant/mdb028-2.png") == _roi_key("mdb028") == "mdb028"
