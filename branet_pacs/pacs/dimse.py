@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, build_role, evt
 from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
@@ -271,18 +271,24 @@ class DimseArchive:
     def store(self, files: Sequence[Path]) -> None:
         if not files:
             return
-        headers = [(path, pydicom.dcmread(path, stop_before_pixels=True)) for path in files]
+        datasets = [pydicom.dcmread(path) for path in files]   # our own small SEG/SR files
         ae = self._ae()
-        for sop_class in sorted({str(h.SOPClassUID) for _, h in headers}):
-            syntaxes = sorted({str(h.file_meta.TransferSyntaxUID) for _, h in headers if h.SOPClassUID == sop_class})
-            ae.add_requested_context(sop_class, syntaxes)
+        for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+            syntaxes = {str(ds.file_meta.TransferSyntaxUID) for ds in datasets if ds.SOPClassUID == sop_class}
+            if not any(UID(ts).is_compressed for ts in syntaxes):
+                syntaxes |= {ExplicitVRLittleEndian, ImplicitVRLittleEndian}   # pynetdicom converts between these
+            ae.add_requested_context(sop_class, sorted(syntaxes))
         assoc = self._associate(ae, "C-STORE")
         failures = []
         try:
-            for path, header in headers:
-                code = _status(assoc.send_c_store(path))
+            accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+            for ds in datasets:
+                if str(ds.SOPClassUID) not in accepted:
+                    failures.append(f"{ds.SOPInstanceUID} ({UID(ds.SOPClassUID).name} not accepted)")
+                    continue
+                code = _status(assoc.send_c_store(ds))
                 if code not in _OK_STORE:
-                    failures.append(f"{header.SOPInstanceUID} ({'no answer' if code is None else f'0x{code:04X}'})")
+                    failures.append(f"{ds.SOPInstanceUID} ({'no answer' if code is None else f'0x{code:04X}'})")
         finally:
             if assoc.is_established:
                 assoc.release()

@@ -22,6 +22,7 @@ import logging
 import re
 import shutil
 import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -166,11 +167,13 @@ class _Stop:
         self._previous = None
 
     def __enter__(self) -> "_Stop":
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is threading.main_thread():   # signals can only be handled there
+            self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
@@ -201,11 +204,19 @@ class Reanalysis:
 
     # --- the run ------------------------------------------------------------------------------------------------
     def run(self) -> Summary:
+        try:
+            self.source.check()
+            if self.dest is not self.source:
+                self.dest.check()
+            return self._run()
+        finally:
+            self.source.close()
+            if self.dest is not self.source:
+                self.dest.close()
+
+    def _run(self) -> Summary:
         started = time.monotonic()
         options = self.options
-        self.source.check()
-        if self.dest is not self.source:
-            self.dest.check()
         state_path = options.state_path()
         spool = state_path.with_suffix(".spool")
         with StateStore(state_path) as state, _Stop() as stop:
@@ -230,9 +241,6 @@ class Reanalysis:
                     self.pool.kill() if self.summary.interrupted or self.summary.aborted else self.pool.close()
                 if self.bar is not None:
                     self.bar.close()
-                self.source.close()
-                if self.dest is not self.source:
-                    self.dest.close()
                 shutil.rmtree(spool, ignore_errors=True)
                 self.summary.seconds = time.monotonic() - started
                 self.summary.interrupted = self.summary.interrupted or stop.requested
@@ -339,7 +347,7 @@ class Reanalysis:
         except ArchiveUnreachable:
             self.state.mark(self.source.url, uid, StudyStatus.PENDING, "retrieve interrupted: archive unreachable")
             raise
-        except ArchiveError as exc:
+        except (ArchiveError, OSError) as exc:
             self._record(uid, "failed", "retrieve failed", str(exc))
             shutil.rmtree(folder, ignore_errors=True)
             return
@@ -373,7 +381,7 @@ class Reanalysis:
             except ArchiveUnreachable:
                 self.state.mark(self.source.url, uid, StudyStatus.PENDING, "store interrupted: archive unreachable")
                 raise
-            except ArchiveError as exc:
+            except (ArchiveError, OSError, ValueError) as exc:   # ValueError: an output pydicom cannot read back
                 status, category, detail = "failed", "store failed", str(exc)
         if status == "failed" and not category:
             category = _category(report.reason)
