@@ -199,7 +199,7 @@ class Reanalysis:
         self.key = model_key(config.models_dir)
         self._markers: dict[str, str | ModelUnavailable] = {}
         self.pool: WorkerPool | None = None
-        self.in_flight: dict[str, tuple[StudyRow, float]] = {}
+        self.in_flight: set[str] = set()            # studies handed to the workers, not stored yet
         self.bar: tqdm | None = None
 
     # --- the run ------------------------------------------------------------------------------------------------
@@ -290,6 +290,8 @@ class Reanalysis:
                 continue
             while len(self.in_flight) >= limit:
                 self._collect(block=True)
+            if stop.requested:
+                break
             self._dispatch(row, plan)
             while self._collect(block=False):
                 pass
@@ -358,7 +360,7 @@ class Reanalysis:
         if self.pool is None:
             self.pool = WorkerPool(self.options.workers, self.config)
             self.journal.write("workers", pids=self.pool.pids)
-        self.in_flight[uid] = (row, time.monotonic())
+        self.in_flight.add(uid)
         self.pool.submit(StudyJob(uid, tuple(files), folder / "out"))
 
     def _collect(self, block: bool) -> bool:
@@ -368,7 +370,7 @@ class Reanalysis:
         report = self.pool.next_report(timeout=None if block else 0.0)
         if report is None:
             return False
-        self.in_flight.pop(report.study_uid, None)
+        self.in_flight.discard(report.study_uid)
         self._finish(report)
         return True
 
@@ -409,7 +411,7 @@ class Reanalysis:
 
     def _abandon(self, why: str) -> None:
         """Studies in flight when the run stops are left for the next run (state: pending)."""
-        for uid in list(self.in_flight):
+        for uid in sorted(self.in_flight):
             self.state.mark(self.source.url, uid, StudyStatus.PENDING, f"not finished: {why}")
             self.journal.write("study", study_uid=uid, status="pending", reason=f"not finished: {why}")
         self.in_flight.clear()

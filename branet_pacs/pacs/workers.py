@@ -126,7 +126,6 @@ class WorkerPool:
         self._results = self._ctx.Queue()
         self._processes: dict[int, object] = {}
         self._busy: dict[int, str] = {}           # pid -> study it is working on
-        self._pending: set[str] = set()           # submitted, no report yet
         self.closing = False
         for _ in range(workers):
             self._spawn()
@@ -134,10 +133,6 @@ class WorkerPool:
     @property
     def pids(self) -> list[int]:
         return list(self._processes)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
 
     def _spawn(self) -> None:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)   # inherited across exec: workers ignore Ctrl-C
@@ -150,7 +145,6 @@ class WorkerPool:
         self._processes[process.pid] = process
 
     def submit(self, job: StudyJob) -> None:
-        self._pending.add(job.study_uid)
         self._tasks.put(job)
 
     def next_report(self, timeout: float | None = None) -> StudyReport | None:
@@ -171,7 +165,6 @@ class WorkerPool:
                 self._busy[pid] = value
             elif kind == "done":
                 self._busy.pop(pid, None)
-                self._pending.discard(value.study_uid)
                 return value
 
     def _reap(self) -> StudyReport | None:
@@ -185,7 +178,6 @@ class WorkerPool:
                 self._spawn()
             study = self._busy.pop(pid, None)
             if study is not None:
-                self._pending.discard(study)
                 log.error("worker %d died (exit code %s) while analysing study %s", pid, code, study)
                 return StudyReport(study, "failed", f"worker process died (exit code {code})", worker=pid)
         return None
