@@ -217,3 +217,21 @@ def test_cli_registers_orthanc_commands():
     args = build_parser().parse_args(["orthanc", "run", "--dicom-port", "1", "--http-port", "2", "--data", "d",
                                       "--allow-sender", "A@h", "--allow-sender", "B@h"])
     assert args.allow_sender == ["A@h", "B@h"] and args.func.__name__ == "run"
+
+
+def test_change_watermark_waits_until_studies_had_time_to_become_stable(store):
+    """The persisted watermark only passes changes read more than `hold` seconds ago (crash-safe replay)."""
+    from branet_pacs.service.changes import ChangeFeed
+
+    saved = []
+    now = [100.0]
+    feed = ChangeFeed(api=None, store=store, get_watermark=lambda: None, set_watermark=saved.append, hold=12.0,
+                      clock=lambda: now[0])
+    feed.watermark = feed.cursor = 5
+    feed._unsafe.extend([(6, 100.0), (7, 101.0), (8, 110.0)])
+    now[0] = 111.0
+    feed._advance()
+    assert saved == [] and feed.watermark == 5
+    now[0] = 113.5
+    feed._advance()
+    assert saved == [7] and feed.watermark == 7 and list(feed._unsafe) == [(8, 110.0)]

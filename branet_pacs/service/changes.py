@@ -8,6 +8,10 @@ global property):
 - after a restart, every study touched since the watermark (new instance/series/study or stable study) is a
   candidate, because a study that was still receiving when Orthanc died never gets its StableStudy change.
 
+So the persisted watermark lags the in-memory cursor: a change is "safe" (its study's stable event, if any, has
+been handled) only once it was seen more than `hold` seconds ago (StableAge plus a margin); the watermark only
+moves over safe changes. A crash therefore replays every change of a study that might not have become stable.
+
 A candidate is queued only if it has instances that are neither already handled nor made by BraNet: an event
 caused by our own SEG/SR (or by nothing new at all) is ignored and counted.
 """
@@ -15,6 +19,8 @@ caused by our own SEG/SR (or by nothing new at all) is ignored and counted.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 
 from branet_pacs.service.rest import OrthancApi, OrthancError
@@ -29,13 +35,18 @@ _PARENT_STUDY = {"Instance": "/instances/{}/study", "Series": "/series/{}/study"
 
 class ChangeFeed:
     def __init__(self, api: OrthancApi, store: ServiceStore, get_watermark: Callable[[], int | None],
-                 set_watermark: Callable[[int], None], analyse_existing: bool = False) -> None:
+                 set_watermark: Callable[[int], None], analyse_existing: bool = False, hold: float = 70.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
         self.store = store
         self._get_watermark = get_watermark
         self._set_watermark = set_watermark
         self.analyse_existing = analyse_existing
-        self.watermark: int | None = None
+        self.hold = hold
+        self.clock = clock
+        self.watermark: int | None = None     # persisted: every change up to it is handled for good
+        self.cursor: int | None = None        # in memory: every change up to it has been read
+        self._unsafe: deque[tuple[int, float]] = deque()   # (seq, seen at) of changes read but not yet safe
 
     # --- start-up --------------------------------------------------------------------------------------------------
     def catch_up(self) -> list[tuple[str, str]]:
@@ -69,7 +80,7 @@ class ChangeFeed:
             if studies:
                 log.info("replayed changes %d..%d: %d studies considered", stored, last, len(studies))
         self._set_watermark(last)
-        self.watermark = last
+        self.watermark = self.cursor = last
         return decisions
 
     def _study_of(self, resource_type: str, resource_id: str) -> str | None:
@@ -87,25 +98,32 @@ class ChangeFeed:
 
     # --- steady state ----------------------------------------------------------------------------------------------
     def poll(self) -> list[tuple[str, str]]:
-        """Handle the StableStudy changes after the watermark; returns (study id, decision) pairs."""
-        if self.watermark is None:
+        """Handle the StableStudy changes after the cursor; returns (study id, decision) pairs."""
+        if self.cursor is None:
             raise RuntimeError("catch_up() must run first")
         decisions: list[tuple[str, str]] = []
         while True:
-            page = self.api.get_json(f"/changes?since={self.watermark}&limit={PAGE}")
+            page = self.api.get_json(f"/changes?since={self.cursor}&limit={PAGE}")
             changes = page["Changes"]
             for change in changes:
                 if change["ChangeType"] == "StableStudy":
                     decisions.append((change["ID"], self.consider(change["ID"], "stable")))
-            if changes:
-                self._advance(max(int(c["Seq"]) for c in changes))
+                self._unsafe.append((int(change["Seq"]), self.clock()))
+                self.cursor = int(change["Seq"])
             if page.get("Done", True) or not changes:
-                return decisions
+                break
+        self._advance()
+        return decisions
 
-    def _advance(self, seq: int) -> None:
-        if self.watermark is None or seq > self.watermark:
-            self._set_watermark(seq)
-            self.watermark = seq
+    def _advance(self) -> None:
+        """Persist the watermark over the changes read more than `hold` seconds ago."""
+        now = self.clock()
+        safe = None
+        while self._unsafe and now - self._unsafe[0][1] >= self.hold:
+            safe = self._unsafe.popleft()[0]
+        if safe is not None and (self.watermark is None or safe > self.watermark):
+            self._set_watermark(safe)
+            self.watermark = safe
 
     # --- the decision ----------------------------------------------------------------------------------------------
     def consider(self, study_id: str, why: str) -> str:

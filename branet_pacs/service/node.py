@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
 THUMBNAIL_NAME = re.compile(r"^[0-9A-Za-z.]+_\d+_\d+\.png$")
 HEAVY_MODULES = ("torch", "numpy", "pydicom")
+STABLE_MARGIN = 10.0   # seconds beyond StableAge before a change counts as handled for good (see changes.py)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class BraNetNode:
         self.api = api
         self.settings = settings
         self.store = ServiceStore(settings.store_path)
-        self.feed = ChangeFeed(api, self.store, get_watermark, set_watermark, settings.analyse_existing_studies)
+        self.feed = ChangeFeed(api, self.store, get_watermark, set_watermark, settings.analyse_existing_studies,
+                               hold=settings.stable_age + STABLE_MARGIN)
         self.forwarder = Forwarder(api, self.store, settings.forward)
         self.supervisor = WorkerSupervisor(settings, self.store, on_retries=self._record_failures)
         self.start_workers = start_workers
@@ -191,7 +193,7 @@ class BraNetNode:
                     states=[ForwardState.PENDING, ForwardState.SENDING, ForwardState.FAILED], limit=50)],
             },
             "counters": self.store.counters(),
-            "last_change": self.feed.watermark,
+            "changes": {"read": self.feed.cursor, "handled_for_good": self.feed.watermark},
             "recent_errors": self.store.events(limit=20),
             "recent_studies": [s.to_json() for s in self.store.studies(20)],
             "maintenance_error": self.last_error,
@@ -220,7 +222,7 @@ class BraNetNode:
             "study": record.to_json(),
             "instances": instances,
             "outputs": [{"sop_uid": o.sop_uid, "kind": o.kind, "source_instance": o.source_instance,
-                         "instance_id": o.instance_id, "stored": o.stored} for o in outputs],
+                         "instance_id": o.instance_id, "stored": o.stored, "stored_at": o.stored_at} for o in outputs],
             "forwards": [f.to_json() for f in self.store.forwards(study_id=study_id)],
         }
 

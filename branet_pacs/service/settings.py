@@ -37,6 +37,7 @@ class ServiceSettings:
     state_dir: str                         # BraNet's own state: service.sqlite, outbox/, thumbnails/
     credentials: str                       # credentials.json (mode 0600) the workers authenticate with
     http_port: int
+    stable_age: float = 60.0               # Orthanc's StableAge
     branet_config: str = ""                # config/branet.toml (or another) for the pipeline; "" = default
     workers: int = 1
     max_attempts: int = 3                  # attempts per study before it is marked failed
@@ -80,7 +81,8 @@ class ServiceSettings:
         return cls(
             repo=section["Repo"], python=section["Python"], site_packages=section["SitePackages"],
             state_dir=section["StateDirectory"], credentials=section["Credentials"],
-            http_port=int(config.get("HttpPort", 8042)), branet_config=section.get("BraNetConfig", ""),
+            http_port=int(config.get("HttpPort", 8042)), stable_age=float(config.get("StableAge", 60)),
+            branet_config=section.get("BraNetConfig", ""),
             workers=int(section.get("Workers", 1)), max_attempts=int(section.get("MaxAttempts", 3)),
             retry_delay=float(section.get("RetryDelay", 5.0)),
             study_timeout=float(section.get("StudyTimeout", 900.0)),

@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS outputs (
     instance_id     TEXT NOT NULL DEFAULT '',  -- Orthanc id once stored
     stored          INTEGER NOT NULL DEFAULT 0,
     forward_queued  INTEGER NOT NULL DEFAULT 0, -- handed to the forwarder (or no destination configured)
-    created_at      REAL
+    created_at      REAL,
+    stored_at       REAL
 );
 CREATE INDEX IF NOT EXISTS outputs_study ON outputs(study_id);
 CREATE TABLE IF NOT EXISTS forwards (
@@ -90,6 +91,8 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
+# Columns added after the first release: (table, column, declaration), applied to older databases on open.
+MIGRATIONS = (("outputs", "stored_at", "REAL"),)
 MAX_EVENTS = 500
 
 
@@ -160,6 +163,7 @@ class OutputRecord:
     stored: bool = False
     forward_queued: bool = False
     created_at: float | None = None
+    stored_at: float | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "OutputRecord":
@@ -213,7 +217,11 @@ class ServiceStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._connection().executescript(SCHEMA)
+        db = self._connection()
+        db.executescript(SCHEMA)
+        for table, column, kind in MIGRATIONS:
+            if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # --- plumbing ------------------------------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -436,8 +444,8 @@ class ServiceStore:
 
     def output_stored(self, sop_uid: str, instance_id: str) -> None:
         with self._tx() as db:
-            db.execute("UPDATE outputs SET stored = 1, instance_id = ?, file = '' WHERE sop_uid = ?",
-                       (instance_id, sop_uid))
+            db.execute("UPDATE outputs SET stored = 1, instance_id = ?, file = '', stored_at = ? WHERE sop_uid = ?",
+                       (instance_id, time.time(), sop_uid))
 
     def complete_instance(self, instance_id: str) -> None:
         """All outputs of a STORING instance are in Orthanc."""
