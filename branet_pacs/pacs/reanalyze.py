@@ -113,15 +113,20 @@ def version_marker(models_dir: str, kind: str) -> str:
     return equipment(info).software_versions[-1]
 
 
-def model_key(models_dir: str) -> str:
-    """Current classifier identity per modality; a state row is done only under the key it was done with."""
-    parts = []
+def current_markers(models_dir: str) -> dict[str, str | ModelUnavailable]:
+    """The version marker of each modality's current classifier, or why there is none."""
+    markers: dict[str, str | ModelUnavailable] = {}
     for kind in MODALITIES:
         try:
-            parts.append(f"{kind}={version_marker(models_dir, kind)}")
-        except ModelUnavailable:
-            parts.append(f"{kind}=none")
-    return ";".join(parts)
+            markers[kind] = version_marker(models_dir, kind)
+        except ModelUnavailable as exc:
+            markers[kind] = exc
+    return markers
+
+
+def model_key(markers: dict[str, str | ModelUnavailable]) -> str:
+    """Current classifier identity per modality; a state row is done only under the key it was done with."""
+    return ";".join(f"{kind}={value if isinstance(value, str) else 'none'}" for kind, value in markers.items())
 
 
 def is_branet_sr(series: SeriesInfo) -> bool:
@@ -196,8 +201,8 @@ class Reanalysis:
                                                                                       options.connection)
         self.rules = config.ingest
         self.image_modalities = {m.upper() for m in (*self.rules.breast_modalities, *self.rules.body_part_modalities)}
-        self.key = model_key(config.models_dir)
-        self._markers: dict[str, str | ModelUnavailable] = {}
+        self._markers = current_markers(config.models_dir)
+        self.key = model_key(self._markers)
         self.pool: WorkerPool | None = None
         self.in_flight: set[str] = set()            # studies handed to the workers, not stored yet
         self.bar: tqdm | None = None
@@ -228,8 +233,8 @@ class Reanalysis:
                           query=options.query.keys, modalities=list(options.query.modalities),
                           workers=options.workers, force=options.force, state=str(state_path))
             try:
-                self._list(run)
-                self._work(run, stop)
+                to_do = self._list(run)
+                self._work(run, to_do, stop)
             except KeyboardInterrupt:
                 self.summary.interrupted = True
                 self._abandon("interrupted")
@@ -254,7 +259,8 @@ class Reanalysis:
         return {"query": o.query.keys, "modalities": list(o.query.modalities), "workers": o.workers,
                 "force": o.force, "retrieve": o.connection.retrieve, "calling_aet": o.connection.calling_aet}
 
-    def _list(self, run: int) -> None:
+    def _list(self, run: int) -> int:
+        """List matching studies into the state file; returns how many are still to do."""
         counter = tqdm(desc="listing studies", unit=" studies", disable=not self.options.progress, leave=False)
 
         def counted(studies):
@@ -275,10 +281,10 @@ class Reanalysis:
         for _ in range(done):
             self.summary.add("skipped", DONE_EARLIER)
         self.journal.write("listed", run=run, studies=listed, done_earlier=done, to_do=listed - done)
+        return listed - done
 
-    def _work(self, run: int, stop: _Stop) -> None:
-        listed, done = self.state.count(run, self.source.url, self.key, self.options.force)
-        self.bar = tqdm(total=listed - done, desc="reanalyze", unit="study", disable=not self.options.progress,
+    def _work(self, run: int, to_do: int, stop: _Stop) -> None:
+        self.bar = tqdm(total=to_do, desc="reanalyze", unit="study", disable=not self.options.progress,
                         dynamic_ncols=True)
         limit = self.options.workers + 1
         for row in self.state.todo(run, self.source.url, self.key, self.options.force):
@@ -300,11 +306,6 @@ class Reanalysis:
 
     # --- per study ----------------------------------------------------------------------------------------------
     def _marker(self, kind: str) -> str:
-        if kind not in self._markers:
-            try:
-                self._markers[kind] = version_marker(self.config.models_dir, kind)
-            except ModelUnavailable as exc:
-                self._markers[kind] = exc
         value = self._markers[kind]
         if isinstance(value, ModelUnavailable):
             raise value
