@@ -3,8 +3,9 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 BRANET  := $(VENV)/bin/branet
 PYTEST_ARGS ?=
+KEEP    ?=
 
-.PHONY: setup test demo run bench clean
+.PHONY: setup test demo demo-files run bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -12,8 +13,16 @@ setup:
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The PACS round trip: Orthanc + plugin in the background, storescu the sample studies, print the results.
 demo: setup
+	$(PY) scripts/demo_orthanc.py $(if $(KEEP),--keep,)
+
+# The same analysis without Orthanc: `branet analyze samples/ --out demo-out/`.
+demo-files: setup
 	$(PY) scripts/demo.py
+
+run: setup
+	$(BRANET) orthanc run
 
 bench: setup
 	$(PY) benchmarks/run_all.py
