@@ -157,6 +157,15 @@ def quiet_after(api: HttpOrthanc, seconds: float) -> None:
     time.sleep(seconds)
 
 
+def keep_logs(*nodes: NodeProcess, prefix: str) -> None:
+    """Copy the servers' logs to test-artifacts/orthanc-logs/ (CI keeps that folder)."""
+    folder = REPO / "test-artifacts" / "orthanc-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for node in nodes:
+        if node.log_path.exists():
+            (folder / f"{prefix}-{node.log_path.name}").write_bytes(node.log_path.read_bytes())
+
+
 def orthanc_error_status(call) -> int:
     try:
         call()

@@ -19,7 +19,7 @@ import dicom_factory as factory
 from branet_pacs.dicom import validate
 from branet_pacs.service.launcher import wait_for
 from branet_pacs.service.rest import HttpOrthanc, OrthancError
-from orthanc_harness import (REPO, SENDER_AET, branet_study, download, instances_by_modality, metadata,
+from orthanc_harness import (REPO, SENDER_AET, branet_study, download, instances_by_modality, keep_logs, metadata,
                              plain_orthanc, referenced_sources, send, small_mg_study, small_us_study, start_branet,
                              study_id, wait_final, write_files, write_template)
 
@@ -36,6 +36,7 @@ def servers(tmp_path_factory):
     yield {"node": node, "pacs": pacs, "tmp": tmp}
     node.stop()
     pacs.stop()
+    keep_logs(node, pacs, prefix="test_orthanc_node")
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +251,11 @@ def test_secure_defaults(servers, api):
             with pytest.raises(OrthancError) as info:
                 client.get(uri)
             assert info.value.status == 401, uri
-    assert credentials["password"] not in node.log_path.read_text(errors="replace")
+    log = node.log_path.read_text(errors="replace")
+    assert credentials["password"] not in log
+    for identity in factory.DEFAULT_PATIENT.values():    # every study in this module is that synthetic patient
+        if len(identity) > 1:
+            assert identity not in log, f"patient attribute {identity!r} in the node's log"
 
 
 def test_explorer_panel_in_headless_chromium(analysed, servers, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from branet_pacs.service.launcher import wait_for
 from branet_pacs.service.store import ServiceStore
-from orthanc_harness import (branet_study, download, instances_by_modality, metadata, referenced_sources, send,
+from orthanc_harness import (branet_study, download, instances_by_modality, keep_logs, metadata, referenced_sources, send,
                              small_us_study, start_branet, study_id, wait_final, write_files, write_template)
 
 pytestmark = pytest.mark.integration
@@ -28,6 +28,7 @@ def env(tmp_path_factory):
     node = start_branet(tmp, stable_age=2, template=template, max_attempts=MAX_ATTEMPTS)
     yield {"node": node, "tmp": tmp}
     node.stop()
+    keep_logs(node, prefix="test_orthanc_recovery")
 
 
 def _assert_one_sr_per_image(api, orthanc_id: str, sources: set[str], folder) -> None:
@@ -122,12 +123,15 @@ def test_bounded_retries_end_in_a_recorded_failure(env):
     study = small_us_study(1, seed=300)
     send(node, write_files(study, tmp / "doomed"))
     orthanc_id = study_id(api, str(study[0].StudyInstanceUID))
+    killed: set[int] = set()
     for attempt in range(1, MAX_ATTEMPTS + 1):
         def running() -> int | None:
             workers = api.get_json("/branet/status")["workers"]
-            return next((w["pid"] for w in workers if w["study"] == orthanc_id and w["alive"]), None)
+            return next((w["pid"] for w in workers
+                         if w["study"] == orthanc_id and w["alive"] and w["pid"] not in killed), None)
         pid = wait_for(running, 900, 0.1, f"attempt {attempt} to start")
         os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
     detail = wait_final(api, orthanc_id, timeout=300, runs=0)
     assert detail["study"]["state"] == "failed"
     assert f"attempt {MAX_ATTEMPTS} of {MAX_ATTEMPTS}" in detail["study"]["reason"]
