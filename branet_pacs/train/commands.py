@@ -113,9 +113,10 @@ def _run_train(args: argparse.Namespace) -> int:
         precision=args.precision, init=str(args.init) if args.init else None)
     result = train_model(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic,
                          version=args.version, name=args.name, register=not args.no_register)
-    summary = result["summary"]
-    print(json.dumps({k: summary[k] for k in ("roc_auc", "balanced_accuracy", "accuracy", "sensitivity",
-                                               "specificity")}, indent=2))
+    summary, pooled = result["summary"], result["oof"]
+    for key in ("roc_auc", "balanced_accuracy", "accuracy", "sensitivity", "specificity"):
+        print(f"{key:>18}: folds {summary[key]['mean']:.4f} ± {summary[key]['sd']:.4f}, pooled out-of-fold "
+              f"{pooled[key]:.4f}")
     print(f"threshold {result['threshold']:.4f}; wrote {args.out}")
     return 0
 
