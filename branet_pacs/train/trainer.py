@@ -93,6 +93,15 @@ def pick_synthetic(synthetic: RoiSet | None, n_real: int, ratio: float, seed: in
     return np.sort(np.random.default_rng(seed).choice(len(synthetic), size=n, replace=False))
 
 
+def with_synthetic(x: torch.Tensor, y: torch.Tensor, synthetic: RoiSet | None,
+                   index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training tensors with the chosen synthetic ROIs appended (never called for validation data)."""
+    if synthetic is None or index.size == 0:
+        return x, y
+    return (torch.cat([x, torch.from_numpy(synthetic.pixels[index])]),
+            torch.cat([y, torch.from_numpy(synthetic.labels[index])]))
+
+
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """bf16 autocast where the hardware does bf16 natively (CUDA, or CPUs with AMX / AVX512-BF16)."""
     if precision == "fp32":
@@ -295,7 +304,7 @@ def train_model(data_dir: str | Path, out_dir: str | Path, settings: TrainSettin
     xs = torch.from_numpy(data.pixels)
     ys = data.labels
     folds = make_folds(data, settings.folds, settings.seed)
-    plans, fold_results = [], []
+    fold_results = []
     oof = np.full(len(data), np.nan)
     oof_fold = np.full(len(data), -1)
     for k, (train_idx, val_idx) in enumerate(folds, start=1):
@@ -304,7 +313,6 @@ def train_model(data_dir: str | Path, out_dir: str | Path, settings: TrainSettin
                         tuple(SYNTHETIC_PREFIX + synthetic.files[i] for i in syn_idx) if synthetic else (),
                         tuple(data.files[i] for i in val_idx))
         assert not set(plan.val) & (set(plan.train) | set(plan.synthetic))
-        plans.append(plan)
         fold_dir = ckpt / f"fold{k}"
         done = fold_dir / "done.json"
         if resume and done.exists():
@@ -312,10 +320,7 @@ def train_model(data_dir: str | Path, out_dir: str | Path, settings: TrainSettin
         else:
             fold_dir.mkdir(parents=True, exist_ok=True)
             (fold_dir / "plan.json").write_text(json.dumps(dataclasses.asdict(plan), indent=1) + "\n")
-            x_train, y_train = xs[train_idx], torch.from_numpy(ys[train_idx])
-            if syn_idx.size:
-                x_train = torch.cat([x_train, torch.from_numpy(synthetic.pixels[syn_idx])])
-                y_train = torch.cat([y_train, torch.from_numpy(synthetic.labels[syn_idx])])
+            x_train, y_train = with_synthetic(xs[train_idx], torch.from_numpy(ys[train_idx]), synthetic, syn_idx)
             run, info = fit(f"fold {k}/{len(folds)}", x_train, y_train, settings, fold_dir, settings.seed + k,
                             device, amp, resume, val=(xs[val_idx], ys[val_idx]))
             p_val = predict(run.model, xs[val_idx], device, settings.tta)
@@ -337,15 +342,12 @@ def train_model(data_dir: str | Path, out_dir: str | Path, settings: TrainSettin
 
     final_epochs = max(1, int(round(statistics.median(r["best_epoch"] for r in fold_results))))
     out.mkdir(parents=True, exist_ok=True)
-    x_all, y_all = xs, torch.from_numpy(ys)
-    syn_idx = pick_synthetic(synthetic, len(data), settings.synthetic_ratio, settings.seed)
-    if syn_idx.size:
-        x_all = torch.cat([x_all, torch.from_numpy(synthetic.pixels[syn_idx])])
-        y_all = torch.cat([y_all, torch.from_numpy(synthetic.labels[syn_idx])])
+    x_all, y_all = with_synthetic(xs, torch.from_numpy(ys), synthetic,
+                                  pick_synthetic(synthetic, len(data), settings.synthetic_ratio, settings.seed))
     final_run, _ = fit("final", x_all, y_all, settings, ckpt / "final", settings.seed, device, amp, resume,
                        stop_after=final_epochs)
-    final_model, final_history = final_run.model, final_run.history
-    final_model = final_model.cpu().to(memory_format=torch.contiguous_format).eval()
+    final_history = final_run.history
+    final_model = final_run.model.cpu().to(memory_format=torch.contiguous_format).eval()
     weights_path = out / WEIGHTS_FILE
     save_classifier(final_model, weights_path, half=True)
     shipped = load_classifier_networks(weights_path, settings.dropout)[0]
