@@ -324,8 +324,19 @@ def test_train_detector_command_writes_model_metrics_card_and_manifest(tmp_path)
     assert len(detector.net.members) == 3 and detector.spec.size == 32
     assert isinstance(detector.propose(np.random.default_rng(0).random((50, 60)).astype(np.float32),
                                        min_score=0.0), list)
-    # a second run with --resume reuses the finished folds (no retraining) and gives the same weights
+    # LiteMedSAM on the out-of-fold top proposals vs the true boxes (real segmenter, one image)
+    report_path = out / train.SEGMENTATION_REPORT
+    args = parser.parse_args(["evaluate-proposals", "--data", "busi", str(src), "--work", str(tmp_path / "work"),
+                              "--out", str(report_path), "--limit", "1", "--threads", "1", "--device", "cpu"])
+    assert args.func(args) == 0
+    report = json.loads(report_path.read_text())
+    assert report["images"] == 1 and report["sampled_from"] == 6 and len(report["rows"]) == 1
+    assert all(0.0 <= row["dice_true_box"] <= 1.0 and 0.0 <= row["dice_top"] <= 1.0 for row in report["rows"])
+    assert report["dice_true_box_mean"] > 0.3   # a dark disk on texture is easy for LiteMedSAM given its box
+    # a second run with --resume reuses the finished folds (no retraining), gives the same weights and puts the
+    # segmentation report into the card
     digest = file_sha256(out / "weights.safetensors")
     args = parser.parse_args(argv + ["--resume"])
     assert args.func(args) == 0
     assert file_sha256(out / "weights.safetensors") == digest
+    assert "LiteMedSAM on 1 lesion images" in (out / "MODEL_CARD.md").read_text()

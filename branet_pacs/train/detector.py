@@ -35,6 +35,7 @@ DEFAULTS = {
     "MG": {"size": 256, "epochs": 32, "crop": 128, "folds": 3, "repeats": 2},
 }
 SCORE_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+SEGMENTATION_REPORT = "proposals_litemedsam.json"   # written by `branet evaluate-proposals`, read into the card
 CITATIONS = {
     "busi": ("BUSI — Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset of breast ultrasound images. Data in Brief 28 "
              "(2020) 104863. doi:10.1016/j.dib.2019.104863 (CC BY 4.0)."),
@@ -651,7 +652,6 @@ def _train_locked(args: argparse.Namespace, settings: TrainSettings, kind: str, 
             stale.unlink()
     record_path.write_text(json.dumps(record, indent=2))
 
-    began = time.perf_counter()
     cache_path = work / f"cache-{kind}-{settings.size}.npz"
     excluded = mias_excluded(src) if kind == "mias" else []
     if cache_path.exists():
@@ -683,11 +683,12 @@ def _train_locked(args: argparse.Namespace, settings: TrainSettings, kind: str, 
                 oof[int(index)] = heat.astype(np.float32)
         nets.append(net)
         histories.append(history)
-    train_seconds = time.perf_counter() - began
+    # summed epoch times, so a resumed run still reports the whole training cost (validation passes excluded)
+    train_seconds = sum(h["seconds"] for history in histories for h in history)
 
     spec = tune_extraction(cache, oof, spec)
-    sweep = [proposal_metrics(cache, oof, spec, min_score=s) for s in SCORE_SWEEP]
-    threshold = _pick_threshold(sweep)
+    threshold = float(args.min_score)
+    sweep = [proposal_metrics(cache, oof, spec, min_score=s) for s in sorted(set(SCORE_SWEEP) | {threshold})]
     top1 = proposal_metrics(cache, oof, spec, min_score=0.0, max_proposals=1)
     metrics = {
         "dataset": kind, "modality": modality, "images": len(cache),
@@ -707,7 +708,9 @@ def _train_locked(args: argparse.Namespace, settings: TrainSettings, kind: str, 
     (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
     _plot_history(histories, out / "training_curves.png")
     version = args.version
-    _write_card(out / "MODEL_CARD.md", out.name, version, modality, kind, metrics)
+    segmentation = out / SEGMENTATION_REPORT
+    _write_card(out / "MODEL_CARD.md", out.name, version, modality, kind, metrics,
+                json.loads(segmentation.read_text()) if segmentation.is_file() else None)
     _register(out, weights, version, modality, spec, threshold, len(nets))
     log.info("wrote %s (%d fold models), metrics.json, MODEL_CARD.md; registered in %s/manifest.json",
              weights, len(nets), out.parent)
@@ -729,14 +732,6 @@ def _lock_work(work: Path):
         os.close(fd)
         raise SystemExit(f"another train-detector run is using {work}") from None
     return fd
-
-
-def _pick_threshold(sweep: list[dict]) -> float:
-    """The highest min_score whose top-3 hit rate stays within 0.02 of the best in the sweep (fewer false
-    proposals for almost the same recall)."""
-    best = max(m["lesion"]["hit_rate_iou50"] for m in sweep)
-    ok = [m["min_score"] for m in sweep if m["lesion"]["hit_rate_iou50"] >= best - 0.02]
-    return float(max(ok))
 
 
 def _write_oof_proposals(path: Path, cache: CachedSet, oof: dict[int, np.ndarray], spec) -> None:
@@ -806,7 +801,22 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _write_card(path: Path, name: str, version: str, modality: str, kind: str, metrics: dict) -> None:
+def _segmentation_text(report: dict | None) -> str:
+    if not report:
+        return ("Not measured yet: `branet evaluate-proposals` writes the LiteMedSAM Dice from the out-of-fold top "
+                f"proposal vs the true box ({SEGMENTATION_REPORT}).")
+    key = next(k for k in report if k.startswith("dice_top_proposal_mean_zero_below_"))
+    by = "; ".join(f"{c}: true box {_fmt(v['dice_true_box_mean'])}, top proposal {_fmt(v['dice_top_proposal_mean'])}"
+                   f" (n={v['n']})" for c, v in report.get("by_category", {}).items())
+    return (f"LiteMedSAM on {report['images']} lesion images (random sample of {report['sampled_from']}, seed "
+            f"{report['seed']}), Dice against the ground-truth mask: **true box {_fmt(report['dice_true_box_mean'])}"
+            f"**, **top out-of-fold proposal {_fmt(report['dice_top_proposal_mean'])}** (median "
+            f"{_fmt(report['dice_top_proposal_median'])}); counting images whose top proposal scores below "
+            f"{key.rsplit('_', 1)[-1]} as 0: {_fmt(report[key])}. {by}.")
+
+
+def _write_card(path: Path, name: str, version: str, modality: str, kind: str, metrics: dict,
+                segmentation: dict | None = None) -> None:
     cv = metrics["cross_validation"]
     threshold = metrics["recommended_min_score"]
     rows = []
@@ -844,7 +854,8 @@ to the 1st-99th percentile of valid pixels, and the valid mask). The shipped fil
 models of the cross-validation; inference averages their heatmaps and the horizontally flipped input's.
 Candidates: local maxima of the heatmap >= min_score; region = connected pixels >= {ex['region_level']} x peak;
 box = region bounds grown by {ex['expand']} per side, mapped back to image pixels; NMS IoU {ex['nms_iou']}; top-k.
-Score = peak probability. Recommended `min_score`: **{threshold}** (also the manifest threshold).
+Score = peak probability. Recommended `min_score`: **{threshold}** (the manifest threshold; fixed in advance as
+"more likely lesion than not", not tuned; the table shows the trade-off).
 
 ## Data
 {data_text}
@@ -866,11 +877,13 @@ A hit = a proposal with box IoU >= 0.5 (or 0.3) with a ground-truth lesion box (
 
 At min_score {threshold}: {per_class}
 Top-1 proposal at any score: hit@0.5 {_fmt(top1['top1_hit_rate_iou50'])}, mean IoU {_fmt(top1['mean_best_iou'])}.
-Heatmap Dice (threshold 0.5, lesion images, model resolution):
-{_fmt(metrics['out_of_fold']['heatmap_dice_at_0.5']['mean'])}.
+Heatmap Dice (threshold 0.5, lesion images, model resolution): {_fmt(metrics['out_of_fold']['heatmap_dice_at_0.5']['mean'])}.
 The extraction settings (region level, expansion) were chosen on these out-of-fold heatmaps (12 combinations), a
 mild optimistic bias. Fold members in the ensemble are each validated here; the ensemble itself has no held-out
 estimate from this data.
+
+### Segmenting the proposal
+{_segmentation_text(segmentation)}
 
 ## Intended use and limitations
 Research only: a first stage that proposes where to look. It misses lesions (see the table) and proposes false
@@ -971,6 +984,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0 = all cores)")
+    parser.add_argument("--min-score", type=float, default=0.5,
+                        help="recommended propose() min_score written to the manifest (fixed in advance, not tuned; "
+                             "the card lists the hit rates for other values)")
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--work", default="", help="checkpoints and cache (default var/detector-work/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in the work folder")
