@@ -264,3 +264,56 @@ def test_state_file_is_used_by_one_run_at_a_time(tmp_path):
         with pytest.raises(StateBusy, match="another run"):
             StateStore(tmp_path / "state.sqlite")
     StateStore(tmp_path / "state.sqlite").close()     # free again once the first run closed it
+
+
+def test_stable_outputs_are_deterministic_and_still_valid(tmp_path):
+    """Re-made outputs of one image get the same SOP Instance UIDs; the SR still names its SEG; validators agree."""
+    import highdicom as hd
+    import numpy as np
+
+    from branet_pacs.config import OutputSettings
+    from branet_pacs.dicom import validate
+    from branet_pacs.dicom.seg import build_seg
+    from branet_pacs.dicom.sr import build_sr
+    from branet_pacs.imaging.geometry import mask_box, mask_outline
+    from branet_pacs.pacs.study import stable_outputs
+    from branet_pacs.types import BreastImage, Finding, ImageResult, ModelInfo
+
+    source = factory.make_us(rows=96, cols=128, seed=2)
+    source_path = factory.write(source, tmp_path / "source.dcm")
+    shape = (int(source.Rows), int(source.Columns))
+    head = pydicom.dcmread(source_path, stop_before_pixels=True)
+    image = BreastImage(dataset=head, pixels=np.zeros(shape, np.float32), modality="US", frame_number=None,
+                        frame_shape=shape, region=(0, 0, shape[1], shape[0]), laterality="R")
+    x0, y0, x1, y1 = factory.lesion_box(source)
+    mask = np.zeros(shape, bool)
+    mask[y0:y1, x0:x1] = True
+    finding = Finding(index=1, box=mask_box(mask), mask=mask, outline=mask_outline(mask),
+                      roi=np.zeros((128, 128), np.float32), p_malignant=0.7, label="malignant")
+    models = ModelInfo("us-test", "1.0.0", 0.5, "litemedsam")
+    settings = OutputSettings()
+
+    def made(fingerprint: str) -> list[pydicom.Dataset]:
+        seg = build_seg(image, [finding], models, settings)
+        sr = build_sr(image, [finding], models, seg, settings)
+        first_seg_uid = str(seg.SOPInstanceUID)
+        outputs = stable_outputs(ImageResult(image, (finding,), models, seg, sr), fingerprint)
+        assert first_seg_uid not in {str(e.value) for ds in outputs for e in ds.iterall() if e.VR == "UI"}
+        return outputs
+
+    seg, sr = made("settings-a")
+    again = made("settings-a")
+    other = made("settings-b")
+    assert [str(ds.SOPInstanceUID) for ds in again] == [str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)]
+    assert not {str(ds.SOPInstanceUID) for ds in other} & {str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)}
+    assert sr.file_meta.MediaStorageSOPInstanceUID == sr.SOPInstanceUID
+
+    seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
+    pydicom.dcmwrite(seg_path, seg, enforce_file_format=True)
+    pydicom.dcmwrite(sr_path, sr, enforce_file_format=True)
+    report = hd.sr.srread(sr_path)
+    seg_refs = [str(ref.ReferencedSOPInstanceUID) for item in report.CurrentRequestedProcedureEvidenceSequence
+                for series in item.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence]
+    assert str(seg.SOPInstanceUID) in seg_refs and str(source.SOPInstanceUID) in seg_refs
+    for check in validate.validate_outputs(seg_path, sr_path, [source_path]):
+        assert check.ok, f"{check.tool}: {check.errors[:5]}"
