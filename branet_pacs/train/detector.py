@@ -808,8 +808,10 @@ def _segmentation_text(report: dict | None) -> str:
     key = next(k for k in report if k.startswith("dice_top_proposal_mean_zero_below_"))
     by = "; ".join(f"{c}: true box {_fmt(v['dice_true_box_mean'])}, top proposal {_fmt(v['dice_top_proposal_mean'])}"
                    f" (n={v['n']})" for c, v in report.get("by_category", {}).items())
-    return (f"LiteMedSAM on {report['images']} lesion images (random sample of {report['sampled_from']}, seed "
-            f"{report['seed']}), Dice against the ground-truth mask: **true box {_fmt(report['dice_true_box_mean'])}"
+    sample = (f"all {report['images']} lesion images" if report["images"] == report["sampled_from"] else
+              f"{report['images']} lesion images (random sample of {report['sampled_from']}, seed {report['seed']})")
+    return (f"LiteMedSAM on {sample}, Dice against the ground-truth mask: "
+            f"**true box {_fmt(report['dice_true_box_mean'])}"
             f"**, **top out-of-fold proposal {_fmt(report['dice_top_proposal_mean'])}** (median "
             f"{_fmt(report['dice_top_proposal_median'])}); counting images whose top proposal scores below "
             f"{key.rsplit('_', 1)[-1]} as 0: {_fmt(report[key])}. {by}.")
