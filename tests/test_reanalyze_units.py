@@ -3,7 +3,6 @@ study outcome, command-line errors."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pydicom
 import pytest
