@@ -11,8 +11,6 @@ The process is stopped by its PID (`Archive.stop()`).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -83,15 +81,6 @@ class Archive:
         ids = [item["ID"] for item in found if item["Type"] == "Study"]
         assert ids, f"study {study_uid} not in the archive"
         return ids[0]
-
-    def instances(self, study_uid: str) -> list[dict]:
-        """Every instance of a study with its tags (`/studies/{id}/instances?expand`, simplified tags)."""
-        study = self.study_id(study_uid)
-        out = []
-        for instance in self.get(f"/studies/{study}/instances"):
-            tags = self.get(f"/instances/{instance['ID']}/simplified-tags")
-            out.append(tags)
-        return out
 
     def count_instances(self) -> int:
         return int(self.get("/statistics")["CountInstances"])
@@ -165,15 +154,3 @@ def start_archive(workdir: str | Path, timeout: float = 60.0) -> Archive:
             archive.stop()
             raise RuntimeError(f"Orthanc did not answer within {timeout:.0f} s; see {workdir}/orthanc.log")
         time.sleep(0.2)
-
-
-def remove(workdir: str | Path) -> None:
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-def environment_for(archive: Archive) -> dict[str, str]:
-    """Environment variables giving `branet reanalyze` the archive's DICOMweb credentials."""
-    env = dict(os.environ)
-    env["BRANET_PACS_USER"] = USER
-    env["BRANET_PACS_PASSWORD"] = PASSWORD
-    return env
