@@ -9,6 +9,8 @@ synthetic (tests/dicom_factory.py): 640x480 US and 1024x832 12-bit MG, sent with
   (which includes StableAge);
 - burst: 50 US images in 10 studies of 5, sent in one association; images/min from the first study queued to the
   last study finished;
+- where the time goes: the worker's per-image steps (fetch over REST, decode + ingest, pipeline stages,
+  thumbnails + outbox, store over REST), medians over the burst;
 - memory: VmRSS and VmHWM (peak) from /proc of the Orthanc process and of the worker after the burst.
 
 Run: .venv/bin/python benchmarks/bench_orthanc.py [--latency-us 5] [--latency-mg 3] [--burst 50] [--config TOML]
@@ -17,6 +19,7 @@ Run: .venv/bin/python benchmarks/bench_orthanc.py [--latency-us 5] [--latency-mg
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -128,6 +131,24 @@ def main(argv: list[str] | None = None) -> int:
                          f"first queued -> last done {last_finished - first_queued:.0f} s; "
                          f"send -> all done {done - sent:.0f} s"))
 
+            steps: dict[str, list[float]] = {}
+            for detail in details:
+                for instance in detail["instances"]:
+                    for step, seconds in instance.get("timings", {}).items():
+                        steps.setdefault(step, []).append(seconds)
+            service_steps = ("fetch", "decode", "outputs", "store")
+            for step in sorted(steps, key=lambda k: (k.startswith("pipeline."), k)):
+                if step == "analyse":
+                    continue
+                kind = "service" if step in service_steps else "pipeline"
+                rows.append((f"  per image (burst median): {step}", f"{statistics.median(steps[step]):.3f} s", kind))
+            if steps.get("analyse"):
+                analyse = statistics.median(steps["analyse"])
+                service = sum(statistics.median(steps[k]) for k in service_steps if k in steps)
+                rows.append(("  per image: analysis (pipeline) vs service steps", f"{analyse:.2f} s",
+                             f"service {service:.2f} s = {100 * service / (analyse + service):.0f} % of the worker's "
+                             "time per image"))
+
             status = api.get_json("/branet/status")
             orthanc_rss, orthanc_peak = _memory(node.pid)
             rows.append(("RSS Orthanc (with plugin)", f"{orthanc_rss:.0f} MiB", f"peak {orthanc_peak:.0f} MiB"))
@@ -139,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             node.stop()
 
     width = max(len(r[0]) for r in rows)
-    print(f"\nBraNet Orthanc node benchmark (1 worker, {', '.join(versions)})")
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"\nBraNet Orthanc node benchmark (1 worker, {', '.join(versions)}; {os.cpu_count()} CPUs, "
+          f"load average at the end {' '.join(load)})")
     print(f"{'measure':{width}}  {'value':>16}  notes")
     print(f"{'-' * width}  {'-' * 16}  -----")
     for name, value, note in rows:

@@ -285,3 +285,12 @@ def test_explorer_panel_in_headless_chromium(analysed, servers, tmp_path):
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
+
+
+def test_status_command_reads_the_running_node(servers, analysed, capsys):
+    from branet_pacs.cli import main
+    assert main(["orthanc", "status", "--data", str(servers["node"].data_dir)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["service"] == "BraNet-PACS" and status["workers"][0]["alive"]
+    assert main(["orthanc", "status", "--data", str(servers["node"].data_dir), "--study", analysed["US"]["id"]]) == 0
+    assert json.loads(capsys.readouterr().out)["study"]["state"] == "analysed"

@@ -94,8 +94,6 @@ class BraNetNode:
         for retry in retries:
             log.warning("study %s found running after a restart: %s", retry.study_id, retry.reason)
         self._record_failures(retries)
-        if self.start_workers:
-            self.supervisor.start()
         self.started_at = time.time()
         self._thread = threading.Thread(target=self._run, name="branet-maintenance", daemon=True)
         self._thread.start()
@@ -129,6 +127,10 @@ class BraNetNode:
             self._lock_fd = None
 
     def _run(self) -> None:
+        # Workers are started (and restarted) from this long-lived thread: PR_SET_PDEATHSIG fires when the thread
+        # that started a child ends, so it must not be a short-lived callback thread.
+        if self.start_workers:
+            self.supervisor.start()
         caught_up = False
         while not self._stop.is_set():
             try:

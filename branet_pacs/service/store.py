@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS instances (
     modality      TEXT NOT NULL DEFAULT '',
     model_version TEXT NOT NULL DEFAULT '',
     images        TEXT NOT NULL DEFAULT '[]',  -- JSON: one entry per analysed frame (findings, SEG/SR UIDs)
-    analysed_at   REAL
+    analysed_at   REAL,
+    timings       TEXT NOT NULL DEFAULT '{}'   -- JSON: seconds per step (fetch, decode, pipeline stages, store)
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_id);
 CREATE TABLE IF NOT EXISTS outputs (
@@ -92,7 +93,7 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 # Columns added after the first release: (table, column, declaration), applied to older databases on open.
-MIGRATIONS = (("outputs", "stored_at", "REAL"),)
+MIGRATIONS = (("outputs", "stored_at", "REAL"), ("instances", "timings", "TEXT NOT NULL DEFAULT '{}'"))
 MAX_EVENTS = 500
 
 
@@ -138,12 +139,14 @@ class InstanceRecord:
     model_version: str = ""
     images: list[dict[str, Any]] = field(default_factory=list)
     analysed_at: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "InstanceRecord":
         values = dict(row)
         values["state"] = InstanceState(values["state"])
         values["images"] = json.loads(values["images"] or "[]")
+        values["timings"] = json.loads(values.get("timings") or "{}")
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
@@ -432,10 +435,10 @@ class ServiceStore:
         now = time.time()
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO instances (instance_id, study_id, sop_uid, state, reason, modality, "
-                       "model_version, images, analysed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "model_version, images, analysed_at, timings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (record.instance_id, record.study_id, record.sop_uid, record.state.value, record.reason,
                         record.modality, record.model_version, json.dumps(record.images),
-                        record.analysed_at or now))
+                        record.analysed_at or now, json.dumps(record.timings)))
             for out in outputs:
                 db.execute("INSERT OR REPLACE INTO outputs (sop_uid, study_id, source_instance, kind, file, "
                            "instance_id, stored, forward_queued, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -447,11 +450,15 @@ class ServiceStore:
             db.execute("UPDATE outputs SET stored = 1, instance_id = ?, file = '', stored_at = ? WHERE sop_uid = ?",
                        (instance_id, time.time(), sop_uid))
 
-    def complete_instance(self, instance_id: str) -> None:
-        """All outputs of a STORING instance are in Orthanc."""
+    def complete_instance(self, instance_id: str, store_seconds: float | None = None) -> None:
+        """All outputs of a STORING instance are in Orthanc (`store_seconds`: how long storing them took)."""
         with self._tx() as db:
-            db.execute("UPDATE instances SET state = ? WHERE instance_id = ? AND state = ?",
-                       (InstanceState.OK.value, instance_id, InstanceState.STORING.value))
+            row = db.execute("SELECT timings FROM instances WHERE instance_id = ?", (instance_id,)).fetchone()
+            timings = json.loads(row["timings"] or "{}") if row else {}
+            if store_seconds is not None:
+                timings["store"] = round(store_seconds, 4)
+            db.execute("UPDATE instances SET state = ?, timings = ? WHERE instance_id = ? AND state = ?",
+                       (InstanceState.OK.value, json.dumps(timings), instance_id, InstanceState.STORING.value))
 
     def instances(self, study_id: str) -> list[InstanceRecord]:
         return [InstanceRecord.from_row(r) for r in self._query(

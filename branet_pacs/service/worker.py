@@ -221,6 +221,7 @@ class StudyWorker:
         source = f"orthanc instance {instance_id}"
         base = InstanceRecord(instance_id=instance_id, study_id=study_id, sop_uid=sop_uid,
                               state=InstanceState.ERROR)
+        clock = time.perf_counter()
         try:
             data = self.api.get(f"/instances/{instance_id}/file")
         except OrthancError as exc:
@@ -229,6 +230,8 @@ class StudyWorker:
                                                                reason="deleted before analysis"))
                 return
             raise
+        timings = {"fetch": time.perf_counter() - clock}
+        clock = time.perf_counter()
         scratch = self.settings.outbox_dir / "incoming"
         scratch.mkdir(parents=True, exist_ok=True)
         path = scratch / f"{instance_id}-{self.token}.dcm"
@@ -242,6 +245,8 @@ class StudyWorker:
             return
         outcome = ingest_dataset(ds, self.rules, source)
         modality = str(ds.get("Modality", ""))
+        timings["decode"] = time.perf_counter() - clock
+        base = dataclasses.replace(base, timings={k: round(v, 4) for k, v in timings.items()})
         if outcome.status is Status.SKIPPED:
             self.store.record_instance(dataclasses.replace(base, state=InstanceState.SKIPPED, modality=modality,
                                                            reason=outcome.reason.removeprefix(f"{source}: ")))
@@ -250,8 +255,13 @@ class StudyWorker:
             self._record_error(dataclasses.replace(base, modality=modality),
                                outcome.reason.removeprefix(f"{source}: "))
             return
+        clock = time.perf_counter()
         analysis = self.analyzer.analyze_outcome(outcome)
-        self._record_analysis(dataclasses.replace(base, modality=modality), analysis)
+        timings["analyse"] = time.perf_counter() - clock
+        for result in analysis.results:
+            for stage, seconds in result.timings.items():
+                timings[f"pipeline.{stage}"] = timings.get(f"pipeline.{stage}", 0.0) + seconds
+        self._record_analysis(dataclasses.replace(base, modality=modality), analysis, timings)
 
     def _record_error(self, record: InstanceRecord, reason: str) -> None:
         log.warning("study %s: instance %s (SOP %s): %s", record.study_id, record.instance_id, record.sop_uid,
@@ -259,9 +269,10 @@ class StudyWorker:
         self.store.record_instance(dataclasses.replace(record, state=InstanceState.ERROR, reason=reason))
         self.store.event("error", record.study_id, f"SOP {record.sop_uid}: {reason}")
 
-    def _record_analysis(self, record: InstanceRecord, analysis: Any) -> None:
+    def _record_analysis(self, record: InstanceRecord, analysis: Any, timings: dict[str, float]) -> None:
         from branet_pacs.service.thumbnails import render_thumbnail
 
+        clock = time.perf_counter()
         study_id, instance_id = record.study_id, record.instance_id
         outbox = self.settings.outbox_dir / study_id
         thumbs = self.settings.thumbnails_dir / study_id
@@ -303,13 +314,16 @@ class StudyWorker:
         if not analysis.results:
             self._record_error(dataclasses.replace(record, images=images), reasons or "no image analysed")
             return
+        timings["outputs"] = time.perf_counter() - clock
         state = InstanceState.STORING if outputs else InstanceState.OK
-        self.store.record_instance(dataclasses.replace(record, state=state, reason=reasons, images=images,
-                                                       model_version=", ".join(sorted(versions))), outputs)
+        self.store.record_instance(dataclasses.replace(
+            record, state=state, reason=reasons, images=images, model_version=", ".join(sorted(versions)),
+            timings={k: round(v, 4) for k, v in timings.items()}), outputs)
+        clock = time.perf_counter()
         for output in outputs:
             self._store_output(output)
         if outputs:
-            self.store.complete_instance(instance_id)
+            self.store.complete_instance(instance_id, time.perf_counter() - clock)
         log.info("study %s: instance %s (SOP %s) analysed: %d image(s), %d finding(s), %d output(s) stored",
                  study_id, instance_id, record.sop_uid, len(analysis.results),
                  sum(len(r.findings) for r in analysis.results), len(outputs))
