@@ -4,7 +4,8 @@ with 1 and 2 worker processes, over DIMSE (C-GET + C-STORE) or DICOMweb.
 Every run uses a fresh state file and `--force`, so all studies are retrieved, analysed and stored again (the
 outputs keep their SOP Instance UIDs, so the archive does not grow). A run's time is the driver's wall time from the
 first query to the last store, worker start-up and model loading included. Prints medians over REPEATS runs and
-the 2-vs-1 scaling ratio, plus the load average (other work on the machine skews every figure).
+the 2-vs-1 scaling ratio, plus the load average and the CPU seconds per study spent in the workers and in the driver
+(wall-clock figures depend on other work on the machine; CPU seconds much less).
 
 Run: .venv/bin/python benchmarks/bench_reanalyze.py [--studies 20] [--repeats 3] [--transport dimse|dicomweb]
      [--models-dir DIR]
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -37,19 +39,29 @@ def seed(archive: harness.Archive, studies: int) -> None:
         archive.upload([factory.make_us(480, 640, study=study, seed=index, with_regions=True)])
 
 
+def cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def one_run(archive: harness.Archive, url: str, workers: int, work: Path, config) -> dict:
     state = Path(tempfile.mkdtemp(dir=work)) / "state.sqlite"
+    driver, children = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
     options = ReanalyzeOptions(
         source=url, workers=workers, state=state, force=True, progress=False,
         connection=ConnectionOptions(calling_aet=harness.SCU_AET, retrieve="get",
                                      username=harness.USER, password=harness.PASSWORD))
     summary = reanalyze(options, config)
+    # the pool has joined its workers, so their CPU time is in RUSAGE_CHILDREN (Orthanc is still running: not yet)
+    driver, children = cpu_seconds(resource.RUSAGE_SELF) - driver, cpu_seconds(resource.RUSAGE_CHILDREN) - children
     if summary.counts["failed"] or summary.interrupted:
         raise SystemExit(f"benchmark run failed: {summary.as_dict()}")
     events = [json.loads(line) for line in state.with_suffix(".jsonl").read_text().splitlines()]
     per_study = [e["seconds"] for e in events if e["event"] == "study" and "seconds" in e]
+    n = max(1, summary.counts["analysed"])
     return {"seconds": summary.seconds, "analysed": summary.counts["analysed"],
-            "per_study": statistics.median(per_study) if per_study else float("nan")}
+            "per_study": statistics.median(per_study) if per_study else float("nan"),
+            "worker_cpu": children / n, "driver_cpu": driver / n}
 
 
 def main() -> None:
@@ -81,16 +93,22 @@ def main() -> None:
                 seconds = statistics.median(r["seconds"] for r in runs)
                 rate = statistics.median(r["analysed"] / r["seconds"] * 60.0 for r in runs)
                 rows.append((workers, len(runs), runs[0]["analysed"], seconds, rate,
-                             statistics.median(r["per_study"] for r in runs)))
+                             statistics.median(r["per_study"] for r in runs),
+                             statistics.median(r["worker_cpu"] for r in runs),
+                             statistics.median(r["driver_cpu"] for r in runs)))
         finally:
             archive.stop()
 
     print(f"\nre-analysis over {args.transport} of {args.studies} synthetic US studies (640x480, 1 image each), "
           f"{os.cpu_count()} CPU cores, load average now {os.getloadavg()[0]:.1f}")
-    print(f"{'workers':>7} {'runs':>4} {'studies':>7} {'median s':>9} {'studies/min':>11} {'s/study in worker':>17}")
-    for workers, runs, studies, seconds, rate, per_study in rows:
-        print(f"{workers:>7} {runs:>4} {studies:>7} {seconds:>9.1f} {rate:>11.2f} {per_study:>17.2f}")
-    rates = {workers: rate for workers, _, _, _, rate, _ in rows}
+    print(f"{'workers':>7} {'runs':>4} {'studies':>7} {'median s':>9} {'studies/min':>11} {'wall s/study':>12} "
+          f"{'worker CPU s/study':>18} {'driver CPU s/study':>18}")
+    for workers, runs, studies, seconds, rate, per_study, worker_cpu, driver_cpu in rows:
+        print(f"{workers:>7} {runs:>4} {studies:>7} {seconds:>9.1f} {rate:>11.2f} {per_study:>12.2f} "
+              f"{worker_cpu:>18.2f} {driver_cpu:>18.2f}")
+    print("(wall s/study: median time a worker spent on one study; CPU columns: user + system seconds per study, "
+          "worker start-up and model loading included)")
+    rates = {row[0]: row[4] for row in rows}
     if 1 in rates and 2 in rates:
         print(f"scaling 2 vs 1 workers: x{rates[2] / rates[1]:.2f}")
 
