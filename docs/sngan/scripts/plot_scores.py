@@ -19,10 +19,11 @@ for path in sorted(folder.glob(f"{prefix}_epoch_*.json")):
     rows.append((epoch, json.loads(path.read_text())))
 rows.sort()
 name = rows[0][1]["extractor"]
-print(f"| epoch | FID[{name}] | KID[{name}] (mean ± sd over subsets) | n real / fake |")
+print(f"| epoch | FID[{name}] | KID[{name}] | n real / fake |")
 print("|---:|---:|---:|---:|")
 for epoch, r in rows:
-    print(f"| {epoch} | {r['fid']:.2f} | {r['kid_mean']:.4f} ± {r['kid_std']:.4f} | {r['n_real']} / {r['n_fake']} |")
+    spread = f" ± {r['kid_std']:.4f}" if r["kid_std"] > 1e-9 else ""  # subsets as large as the sets: no spread
+    print(f"| {epoch} | {r['fid']:.2f} | {r['kid_mean']:.4f}{spread} | {r['n_real']} / {r['n_fake']} |")
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
 epochs = [e for e, _ in rows]
 ax[0].plot(epochs, [r["fid"] for _, r in rows], "o-")
