@@ -313,6 +313,21 @@ def test_inception_extractor_reads_user_weights(tmp_path):
         make_extractor("vgg")
 
 
+def test_inception_extractor_reads_fid_pt_inception_layout(tmp_path):
+    """pytorch-fid's 1008-class FID Inception layout (pt_inception weights), built without any download."""
+    pytest.importorskip("pytorch_fid")
+    from safetensors.torch import save_file
+
+    from branet_pacs.sngan.features import _fid_inception
+
+    torch.manual_seed(0)
+    state = {k: v.contiguous() for k, v in _fid_inception(1008).state_dict().items()}
+    save_file(state, str(tmp_path / "pt_inception.safetensors"))
+    feats = make_extractor(f"inception:{tmp_path / 'pt_inception.safetensors'}")(
+        np.random.default_rng(7).integers(0, 256, (1, 64, 64), dtype=np.uint8))
+    assert feats.shape == (1, 2048) and np.isfinite(feats).all()
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_train_generate_score(tmp_path, capsys):
     from branet_pacs.models.classifier import build_resnet18, save_classifier
