@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pydicom
 from branet_pacs.service.credentials import load_or_create_credentials
 from branet_pacs.service.launcher import NodeProcess, branet_node, free_port, send_files, wait_for
 from branet_pacs.service.orthanc_config import DEFAULT_TEMPLATE, ORTHANC_BINARY
-from branet_pacs.service.rest import HttpOrthanc, OrthancError
+from branet_pacs.service.rest import HttpOrthanc
 
 REPO = Path(__file__).resolve().parent.parent
 SENDER_AET = "TESTMODALITY"
@@ -152,11 +151,6 @@ def download(api: HttpOrthanc, instance_id: str, folder: Path) -> Path:
     return path
 
 
-def quiet_after(api: HttpOrthanc, seconds: float) -> None:
-    """Let a stable event (StableAge) for what was just stored come and go."""
-    time.sleep(seconds)
-
-
 def keep_logs(*nodes: NodeProcess, prefix: str) -> None:
     """Copy the servers' logs to test-artifacts/orthanc-logs/ (CI keeps that folder)."""
     folder = REPO / "test-artifacts" / "orthanc-logs"
@@ -164,11 +158,3 @@ def keep_logs(*nodes: NodeProcess, prefix: str) -> None:
     for node in nodes:
         if node.log_path.exists():
             (folder / f"{prefix}-{node.log_path.name}").write_bytes(node.log_path.read_bytes())
-
-
-def orthanc_error_status(call) -> int:
-    try:
-        call()
-    except OrthancError as exc:
-        return exc.status
-    return 200

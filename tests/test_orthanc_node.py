@@ -10,7 +10,6 @@ import json
 import shutil
 import stat
 import subprocess
-from pathlib import Path
 
 import pydicom
 import pytest
