@@ -337,7 +337,9 @@ def test_cli_train_generate_score(tmp_path, capsys):
     common = ["--data", str(rois), "--modality", "us", "--out", str(run), "--image-size", "32", "--width", "4",
               "--batch-size", "4", "--threads", "1", "--device", "cpu", "--precision", "bf16"]
     assert branet_main(["sngan", "train", *common, "--epochs", "1"]) == 0
-    assert branet_main(["sngan", "train", *common, "--epochs", "2", "--resume"]) == 0
+    # resume needs no architecture options: they come from the checkpoint (32 px, width 4, bf16)
+    assert branet_main(["sngan", "train", "--data", str(rois), "--modality", "us", "--out", str(run), "--epochs", "2",
+                        "--resume", "--threads", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert json.loads(out[-1])["epochs"] == 2 and json.loads(out[-1])["steps"] == 4
     ckpt = load_checkpoint(latest_checkpoint(run))

@@ -89,19 +89,29 @@ def _runtime(args: argparse.Namespace):
 def _train(args: argparse.Namespace) -> int:
     from branet_pacs.sngan.data import load_roi_set
     from branet_pacs.sngan.networks import NetworkConfig
-    from branet_pacs.sngan.trainer import TrainSettings, train
+    from branet_pacs.sngan.trainer import TrainSettings, latest_checkpoint, load_checkpoint, train
 
     device = _runtime(args)
     settings = TrainSettings.for_modality(
         args.modality, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
         beta2=args.beta2, n_dis=args.n_dis, ema_decay=args.ema, hflip=False if args.no_flip else None, seed=args.seed,
         precision=args.precision)
-    width = args.width or NetworkConfig().g_width
-    network = NetworkConfig(image_size=args.image_size, g_width=width, d_width=width)
+    checkpoint = latest_checkpoint(args.out) if args.resume else None
+    if checkpoint is not None:
+        # a resumed run keeps its stored architecture and settings; only --epochs extends it
+        stored = load_checkpoint(checkpoint)
+        network, settings = NetworkConfig.from_dict(stored["network"]), TrainSettings(**stored["settings"])
+        if args.modality != settings.modality:
+            raise SystemExit(f"{args.out} is a {settings.modality} run, not {args.modality}")
+        run_network, run_settings = None, None
+    else:
+        width = args.width or NetworkConfig().g_width
+        network = NetworkConfig(image_size=args.image_size, g_width=width, d_width=width)
+        run_network, run_settings = network, settings
     data = load_roi_set(args.data, network.image_size)
     log.info("SNGAN %s: %d ROIs %s, device %s", settings.modality, len(data), data.class_counts(), device)
-    result = train(data, args.out, network, settings, resume=args.resume, device=device,
-                   max_minutes=args.max_minutes, progress=sys.stderr.isatty())
+    result = train(data, args.out, run_network, run_settings, resume=args.resume, device=device,
+                   max_minutes=args.max_minutes, progress=sys.stderr.isatty(), epochs=args.epochs)
     print(json.dumps({"run": str(result.run_dir), "epochs": result.epochs_done, "steps": result.steps_done,
                       "stopped_early": result.stopped_early, "checkpoint": str(result.last_checkpoint),
                       "wall_s": round(result.wall_s, 1)}))

@@ -377,11 +377,11 @@ def _save_epoch(run_dir: Path, state: TrainState, network: NetworkConfig, settin
 
 def train(data: RoiSet, run_dir: str | Path, network: NetworkConfig | None = None,
           settings: TrainSettings | None = None, resume: bool = False, device: torch.device | str = "cpu",
-          max_minutes: float | None = None, progress: bool = False) -> TrainResult:
-    """Train (or, with resume, continue) an SNGAN run up to `settings.epochs` epochs in total.
+          max_minutes: float | None = None, progress: bool = False, epochs: int | None = None) -> TrainResult:
+    """Train (or, with resume, continue) an SNGAN run up to `epochs` (default `settings.epochs`) epochs in total.
 
     With `resume`, the latest RUN/checkpoints/epoch_*.pt is restored (architecture, settings, weights, optimizers,
-    RNG); only `epochs` may then differ from the stored settings (to extend a run). `max_minutes` stops the run at
+    RNG); only the epoch count may then differ from the stored settings (to extend a run). `max_minutes` stops the run at
     an epoch boundary before an epoch that would not fit in the remaining wall time (estimated from the last one).
     """
     run_dir = Path(run_dir)
@@ -390,7 +390,7 @@ def train(data: RoiSet, run_dir: str | Path, network: NetworkConfig | None = Non
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         state, network, stored = _restore_state(load_checkpoint(checkpoint), device)
-        target_epochs = settings.epochs if settings is not None else stored.epochs
+        target_epochs = epochs if epochs is not None else (settings.epochs if settings is not None else stored.epochs)
         if settings is not None and replace(settings, epochs=stored.epochs) != stored:
             log.warning("resuming %s with its stored settings; other settings given are ignored", run_dir)
         settings = replace(stored, epochs=target_epochs)
@@ -402,6 +402,8 @@ def train(data: RoiSet, run_dir: str | Path, network: NetworkConfig | None = Non
             raise FileExistsError(f"{run_dir} already holds checkpoints: pass resume to continue it")
         network = network or NetworkConfig()
         settings = settings or TrainSettings()
+        if epochs is not None:
+            settings = replace(settings, epochs=epochs)
         state = _new_state(network, settings, device)
     if data.images.shape[-1] != network.image_size:
         raise ValueError(f"ROIs are {data.images.shape[-1]} px but the network makes {network.image_size} px")
