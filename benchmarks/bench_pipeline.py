@@ -58,12 +58,14 @@ def measure(analyzer: Analyzer, raw: bytes, repeats: int) -> dict[str, list[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--config", help="settings TOML (e.g. to set threads)")
     args = parser.parse_args()
-    analyzer = Analyzer(load_config())
+    analyzer = Analyzer(load_config(args.config))
     cases = {
-        "US 640x480 8-bit": resampled(REPO / "samples/us-study/US2.dcm", 480, 640),
+        "US 640x480 8-bit": resampled(REPO / "samples/us-study/US1.dcm", 480, 640),
         "MG 4000x3000 12-bit": resampled(REPO / "samples/mg-study/MG2.dcm", 4000, 3000),
     }
+    print("(each run is the automatic path: detector proposals -> LiteMedSAM -> ROI -> ResNet18 -> SEG + SR)")
     stages = ("decode", "preprocess", "propose", "segment", "classify", "encode")
     print(f"median seconds over {args.repeats} runs (after one warm-up), torch threads = {analyzer.config.threads or 'all'}")
     print(f"{'case':22}" + "".join(f"{s:>11}" for s in stages) + f"{'total':>9}{'non-model':>11}")
@@ -73,7 +75,8 @@ def main() -> None:
         med = {stage: statistics.median(values) for stage, values in times.items()}
         model = sum(med.get(s, 0.0) for s in MODEL_STAGES)
         share = 1.0 - model / med["total"]
-        print(f"{name:22}" + "".join(f"{med.get(s, 0.0):11.3f}" for s in stages) + f"{med['total']:9.3f}{share:10.0%}")
+        print(f"{name:22}" + "".join(f"{med.get(s, 0.0):11.3f}" for s in stages) + f"{med['total']:9.3f}{share:10.0%}"
+              + ("" if med.get("segment", 0.0) > 0 else "   (no lesion proposed: nothing segmented)"))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ class Config:
     output: OutputSettings = field(default_factory=OutputSettings)
     models_dir: str = str(DEFAULT_MODELS_DIR)
     device: str = "auto"                   # "auto", "cpu", "cuda"
-    threads: int = 0                       # torch intra-op threads; 0 = number of cores
+    threads: int = 1                       # torch intra-op threads per process; 0 = number of cores
 
 
 def _merge(cls: type, values: dict[str, Any], where: str) -> Any:
