@@ -235,3 +235,12 @@ def test_change_watermark_waits_until_studies_had_time_to_become_stable(store):
     now[0] = 113.5
     feed._advance()
     assert saved == [7] and feed.watermark == 7 and list(feed._unsafe) == [(8, 110.0)]
+
+
+def test_whole_study_forwarding_sends_the_study(store):
+    store.record_instance(InstanceRecord("i1", "s", "1.1", InstanceState.STORING), [OutputRecord("9.1", "s", "i1", "SR")])
+    store.output_stored("9.1", "o1")
+    ids = store.queue_forwards("s", ["PACS", "ARCHIVE"], whole_study=True)
+    assert len(ids) == 2
+    assert {(f.destination, tuple(f.resources)) for f in store.due_forwards()} == {("PACS", ("s",)),
+                                                                                 ("ARCHIVE", ("s",))}
