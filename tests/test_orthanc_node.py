@@ -24,6 +24,7 @@ from orthanc_harness import (REPO, SENDER_AET, branet_study, download, instances
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = REPO / "test-artifacts"
+OTHER_HOST_AET = "HOSTBOUND"   # whitelisted, but at another host (TEST-NET-1 address): refused from loopback
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def servers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("orthanc-node")
     pacs = plain_orthanc(tmp, "PACS", senders=[("BRANET", "127.0.0.1")])
     template = write_template(tmp / "template.json", Forward={"RetryDelay": 1, "RetryMaxDelay": 2})
-    node = start_branet(tmp, forward=[f"PACS={pacs.aet}@127.0.0.1:{pacs.dicom_port}"], template=template)
+    node = start_branet(tmp, forward=[f"PACS={pacs.aet}@127.0.0.1:{pacs.dicom_port}"], template=template,
+                        senders=[f"{SENDER_AET}@127.0.0.1", f"{OTHER_HOST_AET}@192.0.2.10"])
     yield {"node": node, "pacs": pacs, "tmp": tmp}
     node.stop()
     pacs.stop()
@@ -224,6 +226,8 @@ def test_sender_not_on_the_whitelist_is_refused(api, servers):
     result = send(servers["node"], files, calling_aet="INTRUDER", check=False)[0]
     assert result.returncode != 0 or "E:" in result.stderr
     assert "Association Rejected" in result.stderr or "rejected" in result.stderr.lower()
+    wrong_host = send(servers["node"], files, calling_aet=OTHER_HOST_AET, check=False)[0]
+    assert wrong_host.returncode != 0 or "E:" in wrong_host.stderr, "the AE title is bound to its host"
     wrong_called = subprocess.run(["storescu", "-aet", SENDER_AET, "-aec", "NOTBRANET", "127.0.0.1",
                                    str(servers["node"].dicom_port), str(files[0])], capture_output=True, text=True)
     assert wrong_called.returncode != 0 or "E:" in wrong_called.stderr
