@@ -4,6 +4,8 @@ PY      := $(VENV)/bin/python
 BRANET  := $(VENV)/bin/branet
 PYTEST_ARGS ?=
 KEEP    ?=
+ALLOW_SENDER ?= STORESCU@127.0.0.1
+RUN_ARGS ?=
 
 .PHONY: setup test demo demo-files run bench clean
 
@@ -15,14 +17,14 @@ test: setup
 
 # The PACS round trip: Orthanc + plugin in the background, storescu the sample studies, print the results.
 demo: setup
-	$(PY) scripts/demo_orthanc.py $(if $(KEEP),--keep,)
+	$(PY) scripts/demo_orthanc.py $(if $(filter 1,$(KEEP)),--keep)
 
 # The same analysis without Orthanc: `branet analyze samples/ --out demo-out/`.
 demo-files: setup
 	$(PY) scripts/demo.py
 
 run: setup
-	$(BRANET) orthanc run
+	$(BRANET) orthanc run --allow-sender $(ALLOW_SENDER) $(RUN_ARGS)
 
 bench: setup
 	$(PY) benchmarks/run_all.py

@@ -10,7 +10,7 @@ APT_PACKAGES=(
   dicom3tools                                # dciodvfy / dcentvfy: IOD validators
   pixelmed-apps libpixelmed-java             # DicomSRValidator (TID 1500 checks)
   default-jdk-headless                       # java for pixelmed; javac lets the SR validator batch files
-  chromium                                   # headless browser test of the Orthanc Explorer panel
+  chromium fonts-dejavu-core                 # headless browser test of the Orthanc Explorer panel
   python3-venv python3-dev
 )
 
