@@ -8,12 +8,13 @@ the 2-vs-1 scaling ratio, plus the load average and the CPU seconds per study sp
 (wall-clock figures depend on other work on the machine; CPU seconds much less).
 
 Run: .venv/bin/python benchmarks/bench_reanalyze.py [--studies 20] [--repeats 3] [--transport dimse|dicomweb]
-     [--models-dir DIR]
+     [--workers 1 2] [--threads N] [--models-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -71,10 +72,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--transport", choices=["dimse", "dicomweb"], default="dimse")
     parser.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per worker (default 0: the cores split between the workers)")
     args = parser.parse_args()
     if not harness.orthanc_available():
         raise SystemExit("Debian orthanc + orthanc-dicomweb are needed (make setup)")
-    config = with_models_dir(load_config(), args.models_dir)
+    config = dataclasses.replace(with_models_dir(load_config(), args.models_dir), threads=args.threads)
 
     with tempfile.TemporaryDirectory(prefix="branet-bench-reanalyze-") as tmp:
         work = Path(tmp)
@@ -99,8 +102,10 @@ def main() -> None:
         finally:
             archive.stop()
 
+    threads = args.threads or "cores/workers"
     print(f"\nre-analysis over {args.transport} of {args.studies} synthetic US studies (640x480, 1 image each), "
-          f"{os.cpu_count()} CPU cores, load average now {os.getloadavg()[0]:.1f}")
+          f"{os.cpu_count()} CPU cores, torch threads per worker: {threads}, load average now "
+          f"{os.getloadavg()[0]:.1f}")
     print(f"{'workers':>7} {'runs':>4} {'studies':>7} {'median s':>9} {'studies/min':>11} {'wall s/study':>12} "
           f"{'worker CPU s/study':>18} {'driver CPU s/study':>18}")
     for workers, runs, studies, seconds, rate, per_study, worker_cpu, driver_cpu in rows:
