@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from branet_pacs.imaging.geometry import mask_box
 from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.types import Box
 
@@ -182,14 +183,6 @@ def resize_array(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out[0, 0].numpy()
 
 
-def _bounding_box(mask: np.ndarray) -> Box | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
 def stretch_valid(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Map the 1st-99th percentile of the valid pixels onto [0, 1]; zero outside `valid`."""
     values = image[valid]
@@ -210,7 +203,7 @@ def letterbox(pixels: np.ndarray, valid_mask: np.ndarray | None, size: int,
     valid = np.ones((h, w), dtype=bool) if valid_mask is None else np.asarray(valid_mask, dtype=bool)
     if valid.shape != (h, w):
         raise ValueError(f"valid_mask shape {valid.shape} differs from the image's {(h, w)}")
-    crop = _bounding_box(valid) if crop_to_valid else None
+    crop = mask_box(valid) if crop_to_valid else None
     crop = crop or (0, 0, w, h)
     x0, y0, x1, y1 = crop
     scale = size / max(x1 - x0, y1 - y0)
