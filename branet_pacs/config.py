@@ -32,13 +32,25 @@ class IngestRules:
     max_frames: int = 64
 
 
+DEFAULT_MAX_FINDINGS = 3
+
+
 @dataclass(frozen=True)
 class SegmentationSettings:
     segmenter: str = "litemedsam"          # "litemedsam" or "sam"
     sam_checkpoint: str = ""               # user-supplied SAM ViT checkpoint (segment-anything)
     sam_model_type: str = "vit_b"          # vit_b | vit_l | vit_h
-    max_findings: int = 3                  # most lesions reported per image
+    # most lesions reported per image, per modality (others: DEFAULT_MAX_FINDINGS)
+    max_findings: dict[str, int] = field(default_factory=lambda: {"US": 1, "MG": 3})
     min_proposal_score: float = 0.5        # detector confidence below which a candidate is dropped
+    # modalities whose best candidate is reported even below min_proposal_score
+    report_best_proposal: tuple[str, ...] = ("US",)
+
+    def max_findings_for(self, modality: str) -> int:
+        return int(self.max_findings.get(modality.upper(), DEFAULT_MAX_FINDINGS))
+
+    def reports_best_proposal(self, modality: str) -> bool:
+        return modality.upper() in {m.upper() for m in self.report_best_proposal}
     roi_margin: float = 0.15               # context around the lesion box, as a fraction of its size
 
 

@@ -27,6 +27,7 @@ from branet_pacs.types import Box, BreastImage, Finding, ImageResult, IngestOutc
 log = logging.getLogger(__name__)
 
 DUPLICATE_MASK_IOU = 0.5   # two proposals whose masks overlap this much are one lesion
+BEST_PROPOSAL_FLOOR = 0.02  # below this heatmap peak there is no candidate, even with report_best_proposal
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,14 @@ class Analyzer:
         if boxes:
             return [Prompt(box, 1.0, "box") for box in (_frame_to_image(b, image) for b in boxes) if box]
         settings = self.config.segmentation
+        report_best = settings.reports_best_proposal(image.modality)
+        floor = BEST_PROPOSAL_FLOOR if report_best else settings.min_proposal_score
         proposals = self.detector(image.modality).propose(
-            image.pixels, valid_mask=image.breast_mask, max_proposals=settings.max_findings,
-            min_score=settings.min_proposal_score)
-        return [Prompt(p.box, float(p.score), "auto") for p in proposals]
+            image.pixels, valid_mask=image.breast_mask, max_proposals=settings.max_findings_for(image.modality),
+            min_score=floor)
+        # Best first: the best is kept whatever its score (report_best_proposal), the others need min_proposal_score.
+        return [Prompt(p.box, float(p.score), "auto") for rank, p in enumerate(proposals)
+                if rank == 0 or p.score >= settings.min_proposal_score]
 
     def use(self, kind: str, modality: str, model: object) -> None:
         """Run with a given model object instead of the manifest's (evaluation with fold models, tests)."""
@@ -131,9 +136,10 @@ class Analyzer:
         kept = _distinct_lesions(image, prompts, masks)
         # The margin the classifier was trained with wins over the configured one: ROIs must match training.
         margin = classifier.roi_margin if classifier.roi_margin is not None else self.config.segmentation.roi_margin
-        rois = [extract_roi(image.pixels, box, margin) for _, _, box in kept]
+        boxes_found = [box for _, _, box in kept]
+        rois = [extract_roi(image.pixels, box, margin) for box in boxes_found]
         lap("preprocess")
-        probabilities = classifier.predict(np.stack(rois)) if rois else np.zeros(0)
+        probabilities = classifier.predict_boxes(image.pixels, boxes_found, margin)
         lap("classify")
         return tuple(
             _finding(index, image, prompt, mask, roi, float(p), classifier.label(float(p)))

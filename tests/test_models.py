@@ -351,3 +351,29 @@ def test_sam_automatic_masks_paper_settings(sam_checkpoint: Path) -> None:
     for item in results:
         assert item["segmentation"].shape == shape and item["segmentation"].dtype == bool
         assert item["predicted_iou"] >= 0.88 and item["stability_score"] >= 0.95
+
+
+def test_classifier_margin_views_average_rois_cut_at_each_margin(tmp_path: Path) -> None:
+    from branet_pacs.imaging.roi import extract_roi
+
+    torch.manual_seed(3)
+    net = build_resnet18().eval()
+    models = tmp_path / "models"
+    for name, spec in (("us-plain", {"size": 128, "margin": 0.15}),
+                       ("us-views", {"size": 128, "margin": 0.15, "tta_margins": [0.05, 0.15, 0.3]})):
+        weights = models / name / "weights.safetensors"
+        save_classifier(net, weights, half=False)
+        register_model(models, _entry(name, str(weights.relative_to(models)), file_sha256(weights),
+                                      version="2.0.0" if name == "us-views" else "1.0.0", input=spec))
+    plain = MalignancyClassifier.load(models, "US", device="cpu", name="us-plain")
+    views = MalignancyClassifier.load(models, "US", device="cpu", name="us-views")
+    assert plain.margin_views == () and views.margin_views == (0.05, 0.15, 0.3)
+
+    image = np.random.default_rng(4).uniform(size=(200, 300)).astype(np.float32)
+    boxes = [(50, 60, 120, 110), (200, 20, 260, 90)]
+    single = [plain.predict(extract_roi(image, box, 0.15))[0] for box in boxes]
+    averaged = [np.mean([plain.predict(extract_roi(image, box, m))[0] for m in (0.05, 0.15, 0.3)]) for box in boxes]
+    np.testing.assert_allclose(plain.predict_boxes(image, boxes, margin=0.15), single, atol=1e-6)
+    np.testing.assert_allclose(views.predict_boxes(image, boxes, margin=0.15), averaged, atol=1e-6)
+    assert not np.allclose(single, averaged)
+    assert views.predict_boxes(image, [], margin=0.15).shape == (0,)

@@ -106,3 +106,57 @@ def test_roi_and_case_keys_agree():
     from branet_pacs.train.image_eval import _roi_key
     assert _roi_key("benign/benign (106)-1.png") == _roi_key("benign/benign (106)") == "benign (106)"
     assert _roi_key("malignant/mdb028-2.png") == _roi_key("mdb028") == "mdb028"
+
+
+class _FixedDetector:
+    """Stands in for the lesion detector: fixed candidates, filtered the way LesionDetector.propose filters."""
+
+    def __init__(self, scores):
+        self.scores = scores
+        self.asked_min_score = None
+
+    def propose(self, pixels, valid_mask=None, max_proposals=3, min_score=0.5):
+        from branet_pacs.models.detector import Proposal
+
+        self.asked_min_score = min_score
+        found = [Proposal(box=(10 * i, 10 * i, 10 * i + 8, 10 * i + 8), score=s)
+                 for i, s in enumerate(self.scores) if s >= min_score]
+        return found[:max_proposals]
+
+
+@pytest.mark.parametrize("report_best, scores, expected", [
+    (True, [0.3, 0.2], [0.3]),              # best kept below min_proposal_score, the weaker one dropped
+    (True, [0.9, 0.6, 0.4], [0.9, 0.6]),    # the others need min_proposal_score
+    (True, [0.01], []),                     # below the floor there is no candidate at all
+    (False, [0.3, 0.2], []),
+    (False, [0.9, 0.6, 0.4], [0.9, 0.6]),
+])
+def test_prompts_report_the_best_proposal_and_confident_others(report_best, scores, expected):
+    import dataclasses
+
+    from branet_pacs.config import Config, SegmentationSettings
+    from branet_pacs.pipeline import BEST_PROPOSAL_FLOOR, Analyzer
+
+    config = Config(segmentation=SegmentationSettings(min_proposal_score=0.5, max_findings={"US": 3},
+                                                      report_best_proposal=("US",) if report_best else ()))
+    analyzer = Analyzer(dataclasses.replace(config, threads=1))
+    detector = _FixedDetector(scores)
+    analyzer.use("detector", "US", detector)
+    prompts = analyzer.prompts(image_in_frame(), None)
+    assert [p.score for p in prompts] == expected
+    assert all(p.kind == "auto" for p in prompts)
+    assert detector.asked_min_score == (BEST_PROPOSAL_FLOOR if report_best else 0.5)
+    assert analyzer.prompts(image_in_frame(), [(120, 60, 160, 100)])[0].kind == "box"
+
+
+def test_max_findings_and_best_proposal_are_per_modality(tmp_path):
+    from branet_pacs.config import DEFAULT_MAX_FINDINGS, load_config
+
+    shipped = load_config().segmentation
+    assert shipped.max_findings_for("us") == 1 and shipped.max_findings_for("MG") == 3
+    assert shipped.reports_best_proposal("US") and not shipped.reports_best_proposal("MG")
+    path = tmp_path / "branet.toml"
+    path.write_text('[segmentation]\nmax_findings = { MG = 5 }\nreport_best_proposal = ["mg"]\n')
+    custom = load_config(path).segmentation
+    assert custom.max_findings_for("MG") == 5 and custom.max_findings_for("US") == DEFAULT_MAX_FINDINGS
+    assert custom.reports_best_proposal("MG") and not custom.reports_best_proposal("US")

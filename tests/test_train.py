@@ -157,3 +157,11 @@ def test_augmentation_keeps_range_and_changes_pixels() -> None:
         assert out.shape == batch.shape and out.min() >= -1 and out.max() <= 1
         assert not torch.allclose(out, batch)
     assert augment_settings("us").vflip is False and augment_settings("mg").vflip is True
+
+
+def test_roi_jitter_widens_zoom_and_shift_only() -> None:
+    plain, jittered = augment_settings("us"), augment_settings("us", roi_jitter=0.25)
+    assert plain == augment_settings("us", roi_jitter=0.0)
+    assert jittered.scale == (pytest.approx(0.8), 1.25) and jittered.translate == 0.125
+    assert jittered.speckle == plain.speckle and jittered.rotate_deg == plain.rotate_deg
+    assert augment_settings("mg", roi_jitter=0.05).scale == augment_settings("mg").scale   # never narrower

@@ -26,7 +26,7 @@ from branet_pacs.imaging.geometry import mask_box, mask_outline
 from branet_pacs.types import BreastImage, Finding, ModelInfo
 
 MODELS = ModelInfo(classifier_name="resnet18-test", classifier_version="7.3.1-test", threshold=0.5,
-                   segmenter_name="litemedsam")
+                   segmenter_name="litemedsam", detector_name="detector-test", detector_version="2.0.0-test")
 SETTINGS = OutputSettings(series_description_prefix="BraNet RESEARCH USE ONLY", seg_series_number=9801,
                           sr_series_number=9802)
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -39,7 +39,8 @@ def ellipse_finding(index: int, shape: tuple[int, int], centre: tuple[float, flo
     mask = ((rows - centre[0]) / radii[0]) ** 2 + ((cols - centre[1]) / radii[1]) ** 2 <= 1.0
     roi = np.random.default_rng(seed).uniform(-1.0, 1.0, (128, 128)).astype(np.float32)
     return Finding(index=index, box=mask_box(mask), mask=mask, outline=mask_outline(mask), roi=roi,
-                   p_malignant=p_malignant, label="malignant" if p_malignant >= 0.5 else "benign")
+                   p_malignant=p_malignant, label="malignant" if p_malignant >= 0.5 else "benign",
+                   proposal_score=0.25 + 0.5 * p_malignant)
 
 
 def at_lesion(ds: pydicom.Dataset, index: int, p: float) -> Finding:
@@ -87,8 +88,9 @@ def _sources() -> list[tuple[str, pydicom.Dataset, str, int | None, str | None, 
          [at_lesion(mg, 1, 0.91), ellipse_finding(2, shape(mg), (120, 30), (9, 14), 0.12, seed=2)]),
         ("us", us, "US", None, None, "R", [at_lesion(us, 1, 0.37)]),          # side from the header's Laterality
         ("us-cine-frame3", us_cine, "US", 3, None, "R", [at_lesion(us_cine, 1, 0.66)]),
-        ("dx-bare", dx, "MG", None, None, None,
-         [ellipse_finding(1, shape(dx), (40, 40), (12, 10), 0.5), ellipse_finding(2, shape(dx), (90, 70), (8, 16), 0.05)]),
+        ("dx-bare", dx, "MG", None, None, None,   # user-drawn boxes: no detector certainty
+         [replace(ellipse_finding(1, shape(dx), (40, 40), (12, 10), 0.5), prompt="box", proposal_score=1.0),
+          replace(ellipse_finding(2, shape(dx), (90, 70), (8, 16), 0.05), prompt="box", proposal_score=1.0)]),
         ("mg-right-none", mg_right, "MG", None, "R", "R", []),
     ]
 
@@ -282,11 +284,18 @@ def test_sr_round_trip(cases: dict[str, Case], name: str) -> None:
         else:
             assert site.laterality is None
 
-        (measurement,) = group.get_measurements()
+        measurement, *certainty = group.get_measurements()
         assert measurement.name.value == codes.PROBABILITY_OF_CANCER.value
         assert measurement.unit.value == "%"
         assert measurement.value / 100.0 == pytest.approx(finding.p_malignant, abs=1e-9)
         assert _algorithm_of(measurement[0]) == (branet_pacs.ALGORITHM_NAME, MODELS.algorithm_version)
+        if finding.prompt == "auto":      # the detector's confidence, with the detector as its algorithm
+            (certainty,) = certainty
+            assert certainty.name.value == codes.CERTAINTY_OF_FINDING.value and certainty.unit.value == "%"
+            assert certainty.value / 100.0 == pytest.approx(finding.proposal_score, abs=1e-9)
+            assert _algorithm_of(certainty[0]) == (MODELS.detector_name, MODELS.detector_version)
+        else:
+            assert certainty == []
 
         (evaluation,) = group.get_qualitative_evaluations()
         assert evaluation.name.value == codes.PATHOLOGY.value

@@ -82,6 +82,9 @@ NO_ABNORMALITY = Code("111286", "DCM", "No abnormality")
 # (OHIF shows it as e.g. "73.4 %"); readers divide by 100.
 PROBABILITY_OF_CANCER = Code("111047", "DCM", "Probability of cancer")
 PERCENT = Code("%", "UCUM", "Percent")
+# How sure the lesion detector is that an automatic finding is a lesion: DCM 111012 "Certainty of Finding", in %
+# as in the breast CAD templates (TID 4000 family). Absent for user-drawn boxes.
+CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 
 # Link from each planar ROI group to its SEG segment. TID 1410 allows exactly one of "Image Region" (SCOORD, row 5)
 # and "Referenced Segmentation Frame" (row 7), and OHIF draws only the SCOORD; an IMAGE named "Referenced Segment"

@@ -15,6 +15,7 @@ Content tree (codes and the reasons for them in `branet_pacs.dicom.codes`):
             Finding = Lesion; Finding Site = Breast (+ Laterality Left/Right when known)
             Algorithm Identification (name, model version)
             NUM Probability of cancer in %, with its own Algorithm Identification
+            NUM Certainty of Finding in % (the lesion detector's confidence; automatic findings only)
             CODE Pathology = Benign | Malignant
             SCOORD POLYLINE Image Region (closed polygon) SELECTED FROM the source image [frame]
             IMAGE Illustration of ROI -> SEG instance, segment N
@@ -159,13 +160,22 @@ def _measurement_group(image: BreastImage, finding: Finding, models: ModelInfo, 
         unit=codes.PERCENT,
         algorithm_id=_algorithm(models),
     )
+    measurements = [probability]
+    if finding.prompt == "auto" and models.detector_name:
+        measurements.append(hd.sr.Measurement(
+            name=codes.CERTAINTY_OF_FINDING,
+            value=round(100.0 * min(max(float(finding.proposal_score), 0.0), 1.0), 6),
+            unit=codes.PERCENT,
+            algorithm_id=hd.sr.AlgorithmIdentification(name=models.detector_name,
+                                                       version=models.detector_version or "unknown"),
+        ))
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=f"Lesion {finding.index}"),
         referenced_region=region,
         finding_type=codes.LESION,
         algorithm_id=_algorithm(models),
         finding_sites=[site],
-        measurements=[probability],
+        measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.PATHOLOGY,
                                                              value=codes.LABEL_CODES[finding.label])],
     )

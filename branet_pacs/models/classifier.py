@@ -19,9 +19,11 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import resnet18
 
+from branet_pacs.imaging.roi import extract_roi
 from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.models.manifest import ModelEntry, find_model, verified_weights_path
 from branet_pacs.models.runtime import select_device
+from branet_pacs.types import Box
 
 ROI_SIZE = 128
 BATCH_SIZE = 64
@@ -141,6 +143,24 @@ class MalignancyClassifier:
         """Context margin the model was trained with (manifest input spec), None when not recorded."""
         margin = self.entry.input.get("margin")
         return None if margin is None else float(margin)
+
+    @property
+    def margin_views(self) -> tuple[float, ...]:
+        """ROI context margins whose predictions `predict_boxes` averages (manifest input "tta_margins").
+
+        Empty: the training margin only.
+        A box from the automatic path is off by some 10-20 % of its size; averaging over tighter and wider crops
+        makes the score less dependent on that error (measured in docs/pipeline-eval).
+        """
+        return tuple(float(m) for m in self.entry.input.get("tta_margins", ()))
+
+    def predict_boxes(self, image: np.ndarray, boxes: Sequence[Box], margin: float) -> np.ndarray:
+        """p(malignant) per lesion box on a 2-D [0, 1] image, averaged over the margin views (else cut at `margin`)."""
+        if not boxes:
+            return np.zeros((0,), dtype=np.float32)
+        margins = self.margin_views or (margin,)
+        rois = np.stack([extract_roi(image, box, m) for box in boxes for m in margins])
+        return self.predict(rois).reshape(len(boxes), len(margins)).mean(axis=1)
 
     @property
     def ensemble_size(self) -> int:

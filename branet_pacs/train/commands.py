@@ -93,6 +93,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     p.add_argument("--tta", action="store_true", help="average predictions over horizontal flip")
+    p.add_argument("--roi-jitter", type=float, default=0.0,
+                   help="extra zoom/shift augmentation (fraction of the ROI side) so the model tolerates the box "
+                        "error of automatic lesion proposals, e.g. 0.25")
     p.add_argument("--init", type=Path, default=None,
                    help="start every fold from these classifier weights (e.g. models/us-resnet18/weights.safetensors)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -110,7 +113,8 @@ def _run_train(args: argparse.Namespace) -> int:
         modality=args.modality, folds=args.folds, epochs=args.epochs, patience=args.patience,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         synthetic_ratio=args.synthetic_ratio, device=args.device, threads=args.threads, tta=args.tta,
-        precision=args.precision, init=str(args.init) if args.init else None)
+        precision=args.precision, init=str(args.init) if args.init else None,
+        roi_jitter=args.roi_jitter)
     result = train_model(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic,
                          version=args.version, name=args.name, register=not args.no_register)
     summary, pooled = result["summary"], result["oof"]

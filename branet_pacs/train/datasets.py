@@ -7,8 +7,9 @@ ROIs are small (16 KiB each), so a whole dataset is held as one uint8 array and 
 
 from __future__ import annotations
 
+
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,12 +94,19 @@ class AugmentSettings:
     noise: float = 0.02              # sd of additive Gaussian noise
 
 
-def augment_settings(modality: str) -> AugmentSettings:
+def augment_settings(modality: str, roi_jitter: float = 0.0) -> AugmentSettings:
     """US: left-right flips only (skin is at the top of every US image), speckle-like multiplicative noise.
-    MG: a lesion has no up/down or rotation meaning on a film, so flips both ways and 90° turns; no speckle."""
-    if modality.lower() == "us":
-        return AugmentSettings(speckle=0.12)
-    return AugmentSettings(vflip=True, rot90=True, rotate_deg=15.0)
+    MG: a lesion has no up/down or rotation meaning on a film, so flips both ways and 90° turns; no speckle.
+
+    `roi_jitter` > 0 widens zoom to 1/(1+j)..(1+j) and shift to j/2 of the side: ROIs cut from ground-truth boxes
+    then look like ROIs cut from automatically found boxes, which are off by about that much.
+    """
+    base = AugmentSettings(speckle=0.12) if modality.lower() == "us" else \
+        AugmentSettings(vflip=True, rot90=True, rotate_deg=15.0)
+    if roi_jitter <= 0:
+        return base
+    return replace(base, scale=(min(base.scale[0], 1.0 / (1.0 + roi_jitter)), max(base.scale[1], 1.0 + roi_jitter)),
+                   translate=max(base.translate, roi_jitter / 2.0))
 
 
 def augment(batch: torch.Tensor, settings: AugmentSettings, generator: torch.Generator) -> torch.Tensor:

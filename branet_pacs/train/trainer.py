@@ -66,6 +66,7 @@ class TrainSettings:
     tta: bool = False             # horizontal-flip test-time augmentation (validation and shipped model)
     precision: str = "auto"       # auto | fp32 | bf16 (autocast for the training step)
     init: str | None = None       # classifier safetensors to start from (e.g. the US model for MG), else random
+    roi_jitter: float = 0.0       # extra zoom/shift augmentation emulating detector box error (see augment_settings)
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -183,7 +184,7 @@ def _train_epoch(run: Run, x: torch.Tensor, y: torch.Tensor, settings: TrainSett
                  device: torch.device, amp: torch.dtype | None) -> tuple[float, float]:
     """One pass over (x, y) uint8/int tensors on CPU; returns (mean loss, accuracy at p = 0.5)."""
     run.model.train()
-    aug = augment_settings(settings.modality)
+    aug = augment_settings(settings.modality, settings.roi_jitter)
     order = torch.randperm(x.shape[0], generator=run.generator)
     total_loss, correct, seen = 0.0, 0, 0
     for start in range(0, len(order), settings.batch_size):
@@ -436,6 +437,11 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def _jitter_text(settings: dict) -> str:
+    jitter = float(settings.get("roi_jitter", 0.0))
+    return f" with ROI jitter {jitter} (zoom and shift as large as an automatic box's error)" if jitter > 0 else ""
+
+
 def write_model_card(path: Path, doc: dict) -> Path:
     """MODEL_CARD.md from the metrics document (can be re-run on an existing metrics.json)."""
     s, data, st = doc["summary"], doc["data"], doc["settings"]
@@ -470,9 +476,9 @@ groups. Synthetic ROIs: {data['synthetic_dir'] or 'none'}.
 {st['folds']}-fold {'stratified group' if data['grouped'] else 'stratified'} cross-validation (scikit-learn,
 seed {st['seed']}). Per fold: AdamW lr {st['lr']}, weight decay {st['weight_decay']}, one warm-up epoch then
 cosine decay over a cap of {st['epochs']} epochs, batch {st['batch_size']}, class-weighted cross-entropy,
-augmentation for {doc['modality']} (see `branet_pacs.train.datasets.augment_settings`), {doc['precision']}
-autocast on {doc['device']}; early stopping on validation ROC AUC (patience {st['patience']}), best-AUC weights
-kept. The shipped network was then retrained on all ROIs with the same schedule for
+augmentation for {doc['modality']}{_jitter_text(st)} (see `branet_pacs.train.datasets.augment_settings`),
+{doc['precision']} autocast on {doc['device']}; early stopping on validation ROC AUC (patience {st['patience']}),
+best-AUC weights kept. The shipped network was then retrained on all ROIs with the same schedule for
 {doc['final']['epochs']} epochs (median best epoch of the folds).
 Initial weights: {st.get('init') or 'random (no pretraining)'}.
 Training time on this machine (sum of epoch times, 2 shared CPU cores): cross-validation
