@@ -4,6 +4,7 @@ only in training folds."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -54,8 +55,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data = _toy_rois(base / "data", 6, seed=0, with_manifest=True)
     synthetic = _toy_rois(base / "synthetic", 3, seed=1)
     out = base / "models" / "toy-us"
-    doc = train_model(data, out, SETTINGS, synthetic_dir=synthetic, version="0.0.1")
-    return {"data": data, "synthetic": synthetic, "out": out, "doc": doc}
+    settings = dataclasses.replace(SETTINGS, roi_jitter=0.2, margin_views=(0.1, 0.15, 0.3))
+    doc = train_model(data, out, settings, synthetic_dir=synthetic, version="0.0.1")
+    return {"data": data, "synthetic": synthetic, "out": out, "doc": doc, "settings": settings}
 
 
 def test_loss_falls_on_separable_data(tmp_path: Path) -> None:
@@ -87,10 +89,13 @@ def test_outputs_written_and_registered(trained: dict) -> None:
     assert entry.sha256 == file_sha256(out / "weights.safetensors")
     assert entry.threshold == pytest.approx(doc["threshold"], abs=1e-6)
     assert entry.input["size"] == 128 and entry.version == "0.0.1"
+    assert entry.input["tta_margins"] == [0.1, 0.15, 0.3]
     classifier = MalignancyClassifier.load(out.parent, "US", device="cpu", name="toy-us")
     p = classifier.predict(load_roi_set(trained["data"]).as_float())
     assert p.shape == (12,) and np.all((p >= 0) & (p <= 1))
-    assert "Research use only" in (out / "MODEL_CARD.md").read_text()
+    assert classifier.margin_views == (0.1, 0.15, 0.3)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Research use only" in card and "ROI jitter 0.2" in card and "margins 0.1, 0.15, 0.3" in card
 
 
 def test_synthetic_rois_only_in_training_folds(trained: dict) -> None:
@@ -131,8 +136,9 @@ def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
 
 
 def test_resume_of_a_finished_run_reuses_folds_and_refuses_silent_overwrite(trained: dict, monkeypatch) -> None:
+    settings = trained["settings"]
     with pytest.raises(FileExistsError):
-        train_model(trained["data"], trained["out"], SETTINGS, synthetic_dir=trained["synthetic"], register=False)
+        train_model(trained["data"], trained["out"], settings, synthetic_dir=trained["synthetic"], register=False)
 
     def no_training(*args, **kwargs):
         if kwargs.get("val") is not None:
@@ -141,11 +147,11 @@ def test_resume_of_a_finished_run_reuses_folds_and_refuses_silent_overwrite(trai
 
     real_fit = trainer.fit
     monkeypatch.setattr(trainer, "fit", no_training)
-    doc = train_model(trained["data"], trained["out"], SETTINGS, synthetic_dir=trained["synthetic"], resume=True,
+    doc = train_model(trained["data"], trained["out"], settings, synthetic_dir=trained["synthetic"], resume=True,
                       version="0.0.1", register=False)
     assert doc["oof"] == trained["doc"]["oof"]
     with pytest.raises(ValueError):
-        train_model(trained["data"], trained["out"], TrainSettings(**{**SETTINGS.__dict__, "lr": 0.5}),
+        train_model(trained["data"], trained["out"], dataclasses.replace(settings, lr=0.5),
                     synthetic_dir=trained["synthetic"], resume=True, register=False)
 
 

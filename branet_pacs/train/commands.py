@@ -74,6 +74,16 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------- train
+def _margins(text: str) -> tuple[float, ...]:
+    try:
+        margins = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"margins must be comma-separated numbers, got {text!r}") from None
+    if not margins or any(not 0.0 <= m <= 2.0 for m in margins):
+        raise argparse.ArgumentTypeError(f"margins must be between 0 and 2, got {text!r}")
+    return margins
+
+
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="k-fold cross-validated ResNet18 training; writes models/NAME")
     p.add_argument("--data", type=Path, required=True, help="ImageFolder ROI dataset (from `branet prepare`)")
@@ -93,6 +103,8 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     p.add_argument("--tta", action="store_true", help="average predictions over horizontal flip")
+    p.add_argument("--margin-views", type=_margins, default=(),
+                   help="ROI margins the pipeline averages at inference, e.g. 0.05,0.15,0.3 (manifest tta_margins)")
     p.add_argument("--roi-jitter", type=float, default=0.0,
                    help="extra zoom/shift augmentation (fraction of the ROI side) so the model tolerates the box "
                         "error of automatic lesion proposals, e.g. 0.25")
@@ -114,7 +126,7 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         synthetic_ratio=args.synthetic_ratio, device=args.device, threads=args.threads, tta=args.tta,
         precision=args.precision, init=str(args.init) if args.init else None,
-        roi_jitter=args.roi_jitter)
+        roi_jitter=args.roi_jitter, margin_views=args.margin_views)
     result = train_model(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic,
                          version=args.version, name=args.name, register=not args.no_register)
     summary, pooled = result["summary"], result["oof"]

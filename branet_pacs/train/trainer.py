@@ -24,6 +24,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,7 @@ class TrainSettings:
     precision: str = "auto"       # auto | fp32 | bf16 (autocast for the training step)
     init: str | None = None       # classifier safetensors to start from (e.g. the US model for MG), else random
     roi_jitter: float = 0.0       # extra zoom/shift augmentation emulating detector box error (see augment_settings)
+    margin_views: tuple[float, ...] = ()  # ROI margins the pipeline averages at inference (manifest tta_margins)
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -274,7 +276,7 @@ def fit(name: str, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, ck
 
 # --------------------------------------------------------------------------------------------- the whole job
 def _plan_signature(data: RoiSet, settings: TrainSettings, synthetic: RoiSet | None) -> dict:
-    keep = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("device", "threads")}
+    keep = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("device", "threads", "margin_views")}
     return {"settings": keep, "files": list(data.files), "synthetic": list(synthetic.files) if synthetic else []}
 
 
@@ -393,14 +395,21 @@ def train_model(data_dir: str | Path, out_dir: str | Path, settings: TrainSettin
         entry = ModelEntry(
             name=name, kind="classifier", modality=settings.modality.upper(), version=version,
             file=f"{out.name}/{WEIGHTS_FILE}", sha256=file_sha256(weights_path), threshold=round(threshold, 6),
-            input={"size": 128, "channels": 1, "range": [-1.0, 1.0], "margin": margin,
-                   "normalisation": "extract_roi: square box + margin, 1st-99th percentile stretch, "
-                                    "(x - 0.5) / 0.5"},
+            input=classifier_input_spec(margin, settings.margin_views),
             extra={"dropout": settings.dropout, "tta": settings.tta, "architecture": "resnet18-1ch-2cls",
                    "members": 1, "cv_roc_auc": round(document["summary"]["roc_auc"]["mean"], 4),
                    "cv_balanced_accuracy": round(document["summary"]["balanced_accuracy"]["mean"], 4)})
         register_model(out.parent, entry)
     return document
+
+
+def classifier_input_spec(margin: float, margin_views: Sequence[float] = ()) -> dict:
+    """The manifest's input block for a classifier trained on ROIs cut at `margin`."""
+    spec = {"size": 128, "channels": 1, "range": [-1.0, 1.0], "margin": margin,
+            "normalisation": "extract_roi: square box + margin, 1st-99th percentile stretch, (x - 0.5) / 0.5"}
+    if margin_views:
+        spec["tta_margins"] = [float(m) for m in margin_views]
+    return spec
 
 
 def _auc_at_epoch(history: list[dict], epoch: int) -> float:
@@ -437,6 +446,15 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def _views_text(settings: dict) -> str:
+    views = settings.get("margin_views") or ()
+    if not views:
+        return ""
+    return (f"\nOn automatically found boxes the pipeline averages p(malignant) over ROIs cut at margins "
+            f"{', '.join(str(v) for v in views)} (manifest `tta_margins`): the score then depends less on the "
+            f"box's error.")
+
+
 def _jitter_text(settings: dict) -> str:
     jitter = float(settings.get("roi_jitter", 0.0))
     return f" with ROI jitter {jitter} (zoom and shift as large as an automatic box's error)" if jitter > 0 else ""
@@ -464,7 +482,7 @@ Weights: `weights.safetensors` (fp16; largest probability change vs fp32 on 64 t
 
 Input: a ROI made by `branet_pacs.imaging.roi.extract_roi` — the lesion box made square, widened by a margin of
 {data['margin']} of its side, padded with black outside the image, stretched to its own 1st–99th percentiles,
-resized to 128×128 and mapped to [-1, 1]. The pipeline cuts its ROIs with the same code and margin.
+resized to 128×128 and mapped to [-1, 1]. The pipeline cuts its ROIs with the same code and margin.{_views_text(st)}
 
 ## Data
 {DATASET_NOTES.get(data['dataset'], 'Dataset: ' + str(data['dataset']))}
