@@ -9,4 +9,5 @@ from pathlib import Path
 from branet_pacs.cli import main
 
 repo = Path(__file__).resolve().parent.parent
-sys.exit(main(["analyze", str(repo / "samples"), "--out", str(repo / "demo-out"), "--no-progress"]))
+studies = sorted(str(p) for p in (repo / "samples").iterdir() if p.is_dir())   # not samples/README.md
+sys.exit(main(["analyze", *studies, "--out", str(repo / "demo-out"), "--no-progress"]))
