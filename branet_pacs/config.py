@@ -43,8 +43,9 @@ class SegmentationSettings:
     # most lesions reported per image, per modality (others: DEFAULT_MAX_FINDINGS)
     max_findings: dict[str, int] = field(default_factory=lambda: {"US": 1, "MG": 3})
     min_proposal_score: float = 0.5        # detector confidence below which a candidate is dropped
-    # modalities whose best candidate is reported even below min_proposal_score
+    # modalities whose best candidate is reported even below min_proposal_score (if it reaches best_proposal_min_score)
     report_best_proposal: tuple[str, ...] = ("US",)
+    best_proposal_min_score: float = 0.02
 
     def max_findings_for(self, modality: str) -> int:
         return int(self.max_findings.get(modality.upper(), DEFAULT_MAX_FINDINGS))

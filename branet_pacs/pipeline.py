@@ -27,7 +27,6 @@ from branet_pacs.types import Box, BreastImage, Finding, ImageResult, IngestOutc
 log = logging.getLogger(__name__)
 
 DUPLICATE_MASK_IOU = 0.5   # two proposals whose masks overlap this much are one lesion
-BEST_PROPOSAL_FLOOR = 0.02  # below this heatmap peak there is no candidate, even with report_best_proposal
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ class Analyzer:
             return [Prompt(box, 1.0, "box") for box in (_frame_to_image(b, image) for b in boxes) if box]
         settings = self.config.segmentation
         report_best = settings.reports_best_proposal(image.modality)
-        floor = BEST_PROPOSAL_FLOOR if report_best else settings.min_proposal_score
+        floor = settings.best_proposal_min_score if report_best else settings.min_proposal_score
         proposals = self.detector(image.modality).propose(
             image.pixels, valid_mask=image.breast_mask, max_proposals=settings.max_findings_for(image.modality),
             min_score=floor)

@@ -127,7 +127,7 @@ class _FixedDetector:
 @pytest.mark.parametrize("report_best, scores, expected", [
     (True, [0.3, 0.2], [0.3]),              # best kept below min_proposal_score, the weaker one dropped
     (True, [0.9, 0.6, 0.4], [0.9, 0.6]),    # the others need min_proposal_score
-    (True, [0.01], []),                     # below the floor there is no candidate at all
+    (True, [0.01], []),                     # below best_proposal_min_score there is no candidate at all
     (False, [0.3, 0.2], []),
     (False, [0.9, 0.6, 0.4], [0.9, 0.6]),
 ])
@@ -135,7 +135,7 @@ def test_prompts_report_the_best_proposal_and_confident_others(report_best, scor
     import dataclasses
 
     from branet_pacs.config import Config, SegmentationSettings
-    from branet_pacs.pipeline import BEST_PROPOSAL_FLOOR, Analyzer
+    from branet_pacs.pipeline import Analyzer
 
     config = Config(segmentation=SegmentationSettings(min_proposal_score=0.5, max_findings={"US": 3},
                                                       report_best_proposal=("US",) if report_best else ()))
@@ -145,7 +145,7 @@ def test_prompts_report_the_best_proposal_and_confident_others(report_best, scor
     prompts = analyzer.prompts(image_in_frame(), None)
     assert [p.score for p in prompts] == expected
     assert all(p.kind == "auto" for p in prompts)
-    assert detector.asked_min_score == (BEST_PROPOSAL_FLOOR if report_best else 0.5)
+    assert detector.asked_min_score == (config.segmentation.best_proposal_min_score if report_best else 0.5)
     assert analyzer.prompts(image_in_frame(), [(120, 60, 160, 100)])[0].kind == "box"
 
 
