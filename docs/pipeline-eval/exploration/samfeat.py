@@ -5,12 +5,13 @@ import numpy as np, torch
 import torch.nn.functional as F
 from branet_pacs.models.runtime import configure_torch
 from branet_pacs.models.segmenter import LiteMedSAMSegmenter
-from branet_pacs.train.detector import iter_busi
+from branet_pacs.train.detector import iter_busi, iter_mias
 configure_torch(1)
-shard, nshard, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-auto = {json.loads(l)["name"]: json.loads(l) for f in ("var/exp/usj25-0.jsonl", "var/exp/usj25-1.jsonl") for l in open(f)}
+data, shard, nshard, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+auto = {json.loads(l)["name"]: json.loads(l) for f in (("var/exp/usj25-0.jsonl", "var/exp/usj25-1.jsonl") if data == "busi" else ("var/exp/mg0.jsonl",)) for l in open(f)}
 seg = LiteMedSAMSegmenter("cpu")
-cases = [c for c in iter_busi(Path("../shared/data/busi")) if c.category != "normal"][shard::nshard]
+cases = [c for c in (iter_busi if data == "busi" else iter_mias)(Path("../shared/data") / data)
+         if c.category != "normal"][shard::nshard]
 def pool(emb, mask):
     nh, nw = emb.resized_size
     m = torch.from_numpy(mask.astype(np.float32))[None, None]
