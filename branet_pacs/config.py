@@ -46,13 +46,13 @@ class SegmentationSettings:
     # modalities whose best candidate is reported even below min_proposal_score (if it reaches best_proposal_min_score)
     report_best_proposal: tuple[str, ...] = ("US",)
     best_proposal_min_score: float = 0.02
+    roi_margin: float = 0.15               # context around the lesion box, as a fraction of its size
 
     def max_findings_for(self, modality: str) -> int:
         return int(self.max_findings.get(modality.upper(), DEFAULT_MAX_FINDINGS))
 
     def reports_best_proposal(self, modality: str) -> bool:
         return modality.upper() in {m.upper() for m in self.report_best_proposal}
-    roi_margin: float = 0.15               # context around the lesion box, as a fraction of its size
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ ROIs are small (16 KiB each), so a whole dataset is held as one uint8 array and 
 
 from __future__ import annotations
 
-
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
