@@ -171,3 +171,16 @@ def test_roi_jitter_widens_zoom_and_shift_only() -> None:
     assert jittered.scale == (pytest.approx(0.8), 1.25) and jittered.translate == 0.125
     assert jittered.speckle == plain.speckle and jittered.rotate_deg == plain.rotate_deg
     assert augment_settings("mg", roi_jitter=0.05).scale == augment_settings("mg").scale   # never narrower
+
+
+def test_split_seed_keeps_the_folds_while_the_initialisation_changes(tmp_path: Path) -> None:
+    data = _toy_rois(tmp_path / "data", 6, seed=3, with_manifest=True)
+    base = dataclasses.replace(SETTINGS, synthetic_ratio=0.0, epochs=1)
+    runs = {}
+    for name, settings in (("a", base), ("b", dataclasses.replace(base, seed=7, split_seed=0))):
+        train_model(data, tmp_path / name, settings, register=False, version="0")
+        runs[name] = [json.loads((tmp_path / name / "checkpoints" / f"fold{k}" / "done.json").read_text())
+                      for k in (1, 2)]
+    val = {name: [sorted(fold["val_files"]) for fold in folds] for name, folds in runs.items()}
+    assert val["a"] == val["b"]
+    assert [f["p_val"] for f in runs["a"]] != [f["p_val"] for f in runs["b"]]   # another initialisation

@@ -96,6 +96,8 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the fold split (default: --seed); keep it fixed to compare or ensemble runs")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/")
     p.add_argument("--synthetic", type=Path, default=None, help="ImageFolder of synthetic ROIs (training folds only)")
     p.add_argument("--synthetic-ratio", type=float, default=0.0,
@@ -126,7 +128,7 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         synthetic_ratio=args.synthetic_ratio, device=args.device, threads=args.threads, tta=args.tta,
         precision=args.precision, init=str(args.init) if args.init else None,
-        roi_jitter=args.roi_jitter, margin_views=args.margin_views)
+        roi_jitter=args.roi_jitter, margin_views=args.margin_views, split_seed=args.split_seed)
     result = train_model(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic,
                          version=args.version, name=args.name, register=not args.no_register)
     summary, pooled = result["summary"], result["oof"]

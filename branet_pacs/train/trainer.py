@@ -69,6 +69,7 @@ class TrainSettings:
     init: str | None = None       # classifier safetensors to start from (e.g. the US model for MG), else random
     roi_jitter: float = 0.0       # extra zoom/shift augmentation emulating detector box error (see augment_settings)
     margin_views: tuple[float, ...] = ()  # ROI margins the pipeline averages at inference (manifest tta_margins)
+    split_seed: int | None = None  # seed of the fold split (default: seed); fix it to compare or ensemble inits
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -306,7 +307,7 @@ def train_model(data_dir: str | Path, out_dir: str | Path, settings: TrainSettin
 
     xs = torch.from_numpy(data.pixels)
     ys = data.labels
-    folds = make_folds(data, settings.folds, settings.seed)
+    folds = make_folds(data, settings.folds, settings.seed if settings.split_seed is None else settings.split_seed)
     fold_results = []
     oof = np.full(len(data), np.nan)
     oof_fold = np.full(len(data), -1)
@@ -492,7 +493,7 @@ groups. Synthetic ROIs: {data['synthetic_dir'] or 'none'}.
 
 ## Training
 {st['folds']}-fold {'stratified group' if data['grouped'] else 'stratified'} cross-validation (scikit-learn,
-seed {st['seed']}). Per fold: AdamW lr {st['lr']}, weight decay {st['weight_decay']}, one warm-up epoch then
+split seed {st['seed'] if st.get('split_seed') is None else st['split_seed']}, initialisation seed {st['seed']}). Per fold: AdamW lr {st['lr']}, weight decay {st['weight_decay']}, one warm-up epoch then
 cosine decay over a cap of {st['epochs']} epochs, batch {st['batch_size']}, class-weighted cross-entropy,
 augmentation for {doc['modality']}{_jitter_text(st)} (see `branet_pacs.train.datasets.augment_settings`),
 {doc['precision']} autocast on {doc['device']}; early stopping on validation ROC AUC (patience {st['patience']}),
