@@ -184,3 +184,42 @@ def test_split_seed_keeps_the_folds_while_the_initialisation_changes(tmp_path: P
     val = {name: [sorted(fold["val_files"]) for fold in folds] for name, folds in runs.items()}
     assert val["a"] == val["b"]
     assert [f["p_val"] for f in runs["a"]] != [f["p_val"] for f in runs["b"]]   # another initialisation
+
+
+def test_ema_weights_are_the_ones_kept_and_survive_resume(tmp_path: Path) -> None:
+    data = load_roi_set(_toy_rois(tmp_path / "data", 3, seed=4))
+    x, y = torch.from_numpy(data.pixels), torch.from_numpy(data.labels)
+    settings = TrainSettings(modality="us", epochs=3, batch_size=3, threads=1, precision="fp32", ema=0.9)
+    cpu = torch.device("cpu")
+    straight, _ = fit("a", x, y, settings, tmp_path / "a", 0, cpu, None, resume=False, stop_after=3)
+    assert straight.ema is not None
+    # the final network is the weight average, not the last optimiser step
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, straight.ema.module.state_dict()[key])
+    fresh = trainer._new_run(settings, 1, 0, cpu)
+    assert not torch.allclose(straight.model.conv1.weight, fresh.model.conv1.weight)
+    fit("b", x, y, settings, tmp_path / "b", 0, cpu, None, resume=False, stop_after=2)
+    resumed, _ = fit("b", x, y, settings, tmp_path / "b", 0, cpu, None, resume=True, stop_after=3)
+    for (_, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+def test_mixup_changes_the_batches_repeatably(tmp_path: Path) -> None:
+    data = load_roi_set(_toy_rois(tmp_path / "data", 3, seed=5))
+    x, y = torch.from_numpy(data.pixels), torch.from_numpy(data.labels)
+    settings = TrainSettings(modality="us", epochs=2, batch_size=3, threads=1, precision="fp32", mixup=0.4)
+    cpu = torch.device("cpu")
+    runs = {name: fit(name, x, y, replace, tmp_path / name, seed=0, device=cpu, amp=None, resume=False,
+                      stop_after=2)[0]
+            for name, replace in (("m1", settings), ("m2", settings),
+                                  ("plain", dataclasses.replace(settings, mixup=0.0)))}
+    losses = {name: [h["train_loss"] for h in run.history] for name, run in runs.items()}
+    assert all(np.isfinite(losses["m1"]))
+    assert losses["m1"] == pytest.approx(losses["m2"], rel=1e-5)          # the mixes come from the run's seed
+    assert losses["m1"][0] != pytest.approx(losses["plain"][0], rel=1e-3)  # ... and they do change the batches
+
+
+def test_model_card_names_the_training_recipe() -> None:
+    text = trainer._recipe_text({"roi_jitter": 0.25, "mixup": 0.2, "ema": 0.98})
+    assert "ROI jitter 0.25" in text and "mixup Beta(0.2, 0.2)" in text and "decay 0.98" in text
+    assert trainer._recipe_text({}) == ""

@@ -110,6 +110,11 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--roi-jitter", type=float, default=0.0,
                    help="extra zoom/shift augmentation (fraction of the ROI side) so the model tolerates the box "
                         "error of automatic lesion proposals, e.g. 0.25")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="score and ship an exponential moving average of the weights with this decay per step, "
+                        "e.g. 0.99 (0 = off)")
+    p.add_argument("--mixup", type=float, default=0.0,
+                   help="mixup between training ROIs with Beta(a, a), e.g. 0.2 (0 = off)")
     p.add_argument("--init", type=Path, default=None,
                    help="start every fold from these classifier weights (e.g. models/us-resnet18/weights.safetensors)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -128,7 +133,8 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         synthetic_ratio=args.synthetic_ratio, device=args.device, threads=args.threads, tta=args.tta,
         precision=args.precision, init=str(args.init) if args.init else None,
-        roi_jitter=args.roi_jitter, margin_views=args.margin_views, split_seed=args.split_seed)
+        roi_jitter=args.roi_jitter, margin_views=args.margin_views, split_seed=args.split_seed,
+        ema=args.ema, mixup=args.mixup)
     result = train_model(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic,
                          version=args.version, name=args.name, register=not args.no_register)
     summary, pooled = result["summary"], result["oof"]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from branet_pacs.models.classifier import MALIGNANT_CLASS, build_resnet18, load_classifier_networks, save_classifier
@@ -70,6 +71,8 @@ class TrainSettings:
     roi_jitter: float = 0.0       # extra zoom/shift augmentation emulating detector box error (see augment_settings)
     margin_views: tuple[float, ...] = ()  # ROI margins the pipeline averages at inference (manifest tta_margins)
     split_seed: int | None = None  # seed of the fold split (default: seed); fix it to compare or ensemble inits
+    ema: float = 0.0              # decay of an exponential moving average of the weights (0: off); EMA is scored
+    mixup: float = 0.0            # Beta(a, a) parameter of mixup between training ROIs (0: off)
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -130,6 +133,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     generator: torch.Generator
+    ema: AveragedModel | None = None   # the weights that are scored and saved when `TrainSettings.ema` > 0
     epoch: int = 0
     best_auc: float = -math.inf
     best_epoch: int = 0
@@ -153,7 +157,14 @@ def _new_run(settings: TrainSettings, steps_per_epoch: int, seed: int, device: t
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     generator = torch.Generator().manual_seed(seed)
-    return Run(model, optimizer, scheduler, generator)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True) \
+        if settings.ema > 0 else None
+    return Run(model, optimizer, scheduler, generator, ema)
+
+
+def scored_model(run: Run) -> nn.Module:
+    """The network that validation scores and checkpoints keep: the weight average when there is one."""
+    return run.ema.module if run.ema is not None else run.model
 
 
 def _save_checkpoint(run: Run, path: Path) -> None:
@@ -161,6 +172,8 @@ def _save_checkpoint(run: Run, path: Path) -> None:
              "scheduler": run.scheduler.state_dict(), "generator": run.generator.get_state(),
              "torch_rng": torch.get_rng_state(), "epoch": run.epoch, "best_auc": run.best_auc,
              "best_epoch": run.best_epoch, "history": json.dumps(run.history)}
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -172,6 +185,8 @@ def _load_checkpoint(run: Run, path: Path) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.generator.set_state(state["generator"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["torch_rng"])
     run.epoch, run.best_auc, run.best_epoch = int(state["epoch"]), float(state["best_auc"]), int(state["best_epoch"])
     run.history = json.loads(state["history"])
@@ -197,13 +212,25 @@ def _train_epoch(run: Run, x: torch.Tensor, y: torch.Tensor, settings: TrainSett
         batch = (x[index].float() / 127.5 - 1.0)[:, None]
         batch = augment(batch, aug, run.generator).to(device).contiguous(memory_format=torch.channels_last)
         target = y[index].to(device)
+        lam, partner = 1.0, None
+        if settings.mixup > 0:
+            # lam from the run's generator (numpy draws the Beta), so a resumed run repeats the same mixes
+            lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=run.generator)))
+                        .beta(settings.mixup, settings.mixup))
+            partner = torch.randperm(index.numel(), generator=run.generator).to(device)
+            batch = lam * batch + (1.0 - lam) * batch[partner]
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = run.model(batch)
         loss = F.cross_entropy(logits.float(), target, weight=weights.to(device))
+        if partner is not None:
+            loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits.float(), target[partner],
+                                                              weight=weights.to(device))
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
         run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
         total_loss += loss.detach().item() * index.numel()
         correct += int((logits.argmax(1) == target).sum())
         seen += index.numel()
@@ -255,12 +282,12 @@ def fit(name: str, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, ck
         run.epoch += 1
         entry = {"epoch": run.epoch, "train_loss": loss, "train_accuracy": acc, "lr": run.scheduler.get_last_lr()[0]}
         if val is not None:
-            p = predict(run.model, val[0], device, tta=False, amp=amp)
+            p = predict(scored_model(run), val[0], device, tta=False, amp=amp)
             entry.update(val_loss=_val_loss(p, val[1], weights), val_accuracy=float(np.mean((p >= 0.5) == val[1])),
                          val_auc=M.binary_metrics(val[1], p, 0.5)["roc_auc"])
             if entry["val_auc"] > run.best_auc:
                 run.best_auc, run.best_epoch = entry["val_auc"], run.epoch
-                save_file({k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()},
+                save_file({k: v.detach().cpu().contiguous() for k, v in scored_model(run).state_dict().items()},
                           str(best_path))
         entry["seconds"] = time.perf_counter() - t0
         run.history.append(entry)
@@ -272,6 +299,8 @@ def fit(name: str, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, ck
     bar.close()
     if val is not None and best_path.exists():
         run.model.load_state_dict(load_file(str(best_path)))
+    elif run.ema is not None:
+        run.model.load_state_dict(run.ema.module.state_dict())
     return run, {"best_epoch": run.best_epoch, "best_val_auc": run.best_auc, "epochs_run": run.epoch}
 
 
@@ -456,9 +485,14 @@ def _views_text(settings: dict) -> str:
             f"box's error.")
 
 
-def _jitter_text(settings: dict) -> str:
+def _recipe_text(settings: dict) -> str:
     jitter = float(settings.get("roi_jitter", 0.0))
-    return f" with ROI jitter {jitter} (zoom and shift as large as an automatic box's error)" if jitter > 0 else ""
+    text = f" with ROI jitter {jitter} (zoom and shift as large as an automatic box's error)" if jitter > 0 else ""
+    if float(settings.get("mixup", 0.0)) > 0:
+        text += f", mixup Beta({settings['mixup']}, {settings['mixup']})"
+    if float(settings.get("ema", 0.0)) > 0:
+        text += f", scoring and shipping an exponential moving average of the weights (decay {settings['ema']} per step)"
+    return text
 
 
 def write_model_card(path: Path, doc: dict) -> Path:
@@ -495,7 +529,7 @@ groups. Synthetic ROIs: {data['synthetic_dir'] or 'none'}.
 {st['folds']}-fold {'stratified group' if data['grouped'] else 'stratified'} cross-validation (scikit-learn,
 split seed {st['seed'] if st.get('split_seed') is None else st['split_seed']}, initialisation seed {st['seed']}). Per fold: AdamW lr {st['lr']}, weight decay {st['weight_decay']}, one warm-up epoch then
 cosine decay over a cap of {st['epochs']} epochs, batch {st['batch_size']}, class-weighted cross-entropy,
-augmentation for {doc['modality']}{_jitter_text(st)} (see `branet_pacs.train.datasets.augment_settings`),
+augmentation for {doc['modality']}{_recipe_text(st)} (see `branet_pacs.train.datasets.augment_settings`),
 {doc['precision']} autocast on {doc['device']}; early stopping on validation ROC AUC (patience {st['patience']}),
 best-AUC weights kept. The shipped network was then retrained on all ROIs with the same schedule for
 {doc['final']['epochs']} epochs (median best epoch of the folds).
