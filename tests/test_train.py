@@ -223,3 +223,49 @@ def test_model_card_names_the_training_recipe() -> None:
     text = trainer._recipe_text({"roi_jitter": 0.25, "mixup": 0.2, "ema": 0.98})
     assert "ROI jitter 0.25" in text and "mixup Beta(0.2, 0.2)" in text and "decay 0.98" in text
     assert trainer._recipe_text({}) == ""
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_init_from_torchvision_layout_sums_the_stem_and_drops_the_head(tmp_path: Path, suffix: str) -> None:
+    from safetensors.torch import save_file
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    imagenet_like = resnet18(weights=None).state_dict()     # 3-channel stem, 1000-class head
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in imagenet_like.items()}, str(path))
+    else:
+        torch.save(imagenet_like, path)
+    state = trainer.initial_state(path, dropout=0.5)
+    assert state["conv1.weight"].shape == (64, 1, 7, 7)
+    assert torch.allclose(state["conv1.weight"], imagenet_like["conv1.weight"].sum(1, keepdim=True))
+    assert torch.equal(state["layer4.1.conv2.weight"], imagenet_like["layer4.1.conv2.weight"])
+    assert state["fc.1.weight"].shape == (2, 512)
+    run = trainer._new_run(dataclasses.replace(SETTINGS, init=str(path)), 1, 0, torch.device("cpu"))
+    assert torch.allclose(run.model.layer1[0].conv1.weight, imagenet_like["layer1.0.conv1.weight"])
+
+
+def test_init_refuses_what_is_not_a_resnet18(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"fc.weight": torch.zeros(2, 3), "conv1.weight": torch.zeros(8, 3, 3, 3)}, str(path))
+    with pytest.raises(ValueError, match="not a ResNet18"):
+        trainer.initial_state(path, dropout=0.5)
+    pickled = tmp_path / "object.pth"
+    torch.save({"note": "not tensors", "fc.weight": torch.zeros(1)}, pickled)
+    with pytest.raises(ValueError, match="state dict of tensors"):
+        trainer.initial_state(pickled, dropout=0.5)
+
+
+def test_init_from_one_of_our_classifiers_keeps_every_weight(tmp_path: Path) -> None:
+    from branet_pacs.models.classifier import build_resnet18, save_classifier
+
+    torch.manual_seed(1)
+    first, second = build_resnet18(), build_resnet18()
+    path = tmp_path / "ensemble.safetensors"
+    save_classifier([first, second], path, half=False)
+    state = trainer.initial_state(path, dropout=0.5)
+    for key, value in first.state_dict().items():
+        assert torch.equal(state[key], value), key

@@ -116,7 +116,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mixup", type=float, default=0.0,
                    help="mixup between training ROIs with Beta(a, a), e.g. 0.2 (0 = off)")
     p.add_argument("--init", type=Path, default=None,
-                   help="start every fold from these classifier weights (e.g. models/us-resnet18/weights.safetensors)")
+                   help="start every fold from these weights: one of our classifiers (e.g. "
+                        "models/us-resnet18/weights.safetensors) or a torchvision-layout ResNet18 state dict such as "
+                        "ImageNet weights (.safetensors, or .pth read with weights_only)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="training autocast: auto = bf16 on CUDA or CPUs with AMX/AVX512-BF16")
     p.add_argument("--version", default=None, help="model version string (default: date-based)")

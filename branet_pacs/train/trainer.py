@@ -67,7 +67,7 @@ class TrainSettings:
     threads: int = 0
     tta: bool = False             # horizontal-flip test-time augmentation (validation and shipped model)
     precision: str = "auto"       # auto | fp32 | bf16 (autocast for the training step)
-    init: str | None = None       # classifier safetensors to start from (e.g. the US model for MG), else random
+    init: str | None = None       # start weights (see `initial_state`), else random
     roi_jitter: float = 0.0       # extra zoom/shift augmentation emulating detector box error (see augment_settings)
     margin_views: tuple[float, ...] = ()  # ROI margins the pipeline averages at inference (manifest tta_margins)
     split_seed: int | None = None  # seed of the fold split (default: seed); fix it to compare or ensemble inits
@@ -144,7 +144,7 @@ def _new_run(settings: TrainSettings, steps_per_epoch: int, seed: int, device: t
     torch.manual_seed(seed)
     model = build_resnet18(settings.dropout)
     if settings.init:
-        model.load_state_dict(load_classifier_networks(settings.init, settings.dropout)[0].state_dict())
+        model.load_state_dict(initial_state(settings.init, settings.dropout))
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     total = max(1, settings.epochs * steps_per_epoch)
@@ -160,6 +160,39 @@ def _new_run(settings: TrainSettings, steps_per_epoch: int, seed: int, device: t
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True) \
         if settings.ema > 0 else None
     return Run(model, optimizer, scheduler, generator, ema)
+
+
+def initial_state(path: str | Path, dropout: float) -> dict[str, torch.Tensor]:
+    """Start weights for `--init`: one of our classifiers, or a ResNet18 in torchvision's layout (e.g. ImageNet).
+
+    Ours: safetensors as written by `save_classifier` (the first member of an ensemble is used).
+    torchvision's: a state dict with a 3-channel stem and a `fc` head, as safetensors or as a `.pth` file read with
+    `torch.load(weights_only=True)` (tensors only, no arbitrary objects). Its stem is summed over the colour
+    channels (a grey ROI is R = G = B) and its 1000-class head is dropped, so the 2-class head starts fresh.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors = load_file(str(path))
+    else:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+        tensors = tensors.get("state_dict", tensors) if isinstance(tensors, dict) else None
+        if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+            raise ValueError(f"{path}: not a state dict of tensors")
+    if "fc.weight" not in tensors:
+        return load_classifier_networks(path, dropout)[0].state_dict()
+    state = {key: value.float() for key, value in tensors.items() if not key.startswith("fc.")}
+    stem = state.get("conv1.weight")
+    if stem is not None and stem.ndim == 4 and stem.shape[1] == 3:
+        state["conv1.weight"] = stem.sum(dim=1, keepdim=True)
+    model = build_resnet18(dropout)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: not a ResNet18 state dict: {exc}") from exc
+    if unexpected or set(missing) != {"fc.1.weight", "fc.1.bias"}:
+        raise ValueError(f"{path}: not a ResNet18 state dict (missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]})")
+    return model.state_dict()
 
 
 def scored_model(run: Run) -> nn.Module:
@@ -510,7 +543,7 @@ def write_model_card(path: Path, doc: dict) -> Path:
 **Research use only. Not a medical device; not for diagnosis.**
 
 ## Model
-ResNet18 (torchvision architecture, random initialisation — no ImageNet weights), 1-channel 128×128 input,
+ResNet18 (torchvision architecture, {'initialised from ' + str(st['init']) if st.get('init') else 'random initialisation — no ImageNet weights'}), 1-channel 128×128 input,
 dropout {st['dropout']} before a 2-class head (benign, malignant). Output: p(malignant) = softmax of the head.
 Weights: `weights.safetensors` (fp16; largest probability change vs fp32 on 64 training ROIs:
 {doc['final']['fp16_max_probability_change']:.2e}). Test-time augmentation (left-right flip): {'on' if st['tta'] else 'off'}.
