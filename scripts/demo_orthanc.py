@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         keep = args.keep
         if keep:
             print(f"\nKEEP=1: the node keeps running (PID {node.pid}); stop it with: kill {node.pid}")
+        else:
+            print("\nThe node stops now; run `make demo KEEP=1` to leave it running and open these pages.")
         return 1 if failed else 0
     except (OrthancError, TimeoutError, RuntimeError) as exc:
         print(f"demo failed: {exc}\n(see {node.log_path})", file=sys.stderr)
