@@ -257,6 +257,10 @@ def test_init_refuses_what_is_not_a_resnet18(tmp_path: Path) -> None:
     torch.save({"note": "not tensors", "fc.weight": torch.zeros(1)}, pickled)
     with pytest.raises(ValueError, match="state dict of tensors"):
         trainer.initial_state(pickled, dropout=0.5)
+    headless = tmp_path / "headless.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, headless)
+    with pytest.raises(ValueError, match="torchvision's layout"):
+        trainer.initial_state(headless, dropout=0.5)
 
 
 def test_init_from_one_of_our_classifiers_keeps_every_weight(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from torch import nn
@@ -172,14 +173,18 @@ def initial_state(path: str | Path, dropout: float) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            if "fc.weight" not in handle.keys():      # our layout: let the classifier loader check and read it
+                return load_classifier_networks(path, dropout)[0].state_dict()
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     else:
         tensors = torch.load(path, map_location="cpu", weights_only=True)
         tensors = tensors.get("state_dict", tensors) if isinstance(tensors, dict) else None
         if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
             raise ValueError(f"{path}: not a state dict of tensors")
-    if "fc.weight" not in tensors:
-        return load_classifier_networks(path, dropout)[0].state_dict()
+        if "fc.weight" not in tensors:
+            raise ValueError(f"{path}: not a ResNet18 in torchvision's layout (no 'fc.weight'); "
+                             "our own classifiers are read from .safetensors")
     state = {key: value.float() for key, value in tensors.items() if not key.startswith("fc.")}
     stem = state.get("conv1.weight")
     if stem is not None and stem.ndim == 4 and stem.shape[1] == 3:
