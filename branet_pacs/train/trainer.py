@@ -241,6 +241,7 @@ def _train_epoch(run: Run, x: torch.Tensor, y: torch.Tensor, settings: TrainSett
     """One pass over (x, y) uint8/int tensors on CPU; returns (mean loss, accuracy at p = 0.5)."""
     run.model.train()
     aug = augment_settings(settings.modality, settings.roi_jitter)
+    weights = weights.to(device)
     order = torch.randperm(x.shape[0], generator=run.generator)
     total_loss, correct, seen = 0.0, 0, 0
     for start in range(0, len(order), settings.batch_size):
@@ -258,11 +259,10 @@ def _train_epoch(run: Run, x: torch.Tensor, y: torch.Tensor, settings: TrainSett
             partner = torch.randperm(index.numel(), generator=run.generator).to(device)
             batch = lam * batch + (1.0 - lam) * batch[partner]
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = run.model(batch)
-        loss = F.cross_entropy(logits.float(), target, weight=weights.to(device))
+            logits = run.model(batch).float()
+        loss = F.cross_entropy(logits, target, weight=weights)
         if partner is not None:
-            loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits.float(), target[partner],
-                                                              weight=weights.to(device))
+            loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits, target[partner], weight=weights)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
