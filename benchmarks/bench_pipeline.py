@@ -18,7 +18,7 @@ import pydicom
 from skimage.transform import resize
 
 from branet_pacs.config import load_config
-from branet_pacs.dicom.ingest import ingest_dataset
+from branet_pacs.dicom.ingest import ingest
 from branet_pacs.pipeline import Analyzer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,8 +42,7 @@ def measure(analyzer: Analyzer, raw: bytes, repeats: int) -> dict[str, list[floa
     times: dict[str, list[float]] = {}
     for _ in range(repeats):
         start = time.perf_counter()
-        ds = pydicom.dcmread(io.BytesIO(raw))
-        outcome = ingest_dataset(ds, analyzer.config.ingest, source="bench")
+        outcome = ingest(raw, analyzer.config.ingest, "bench")
         decode = time.perf_counter() - start
         if not outcome.images:
             raise SystemExit(f"bench input not analysable: {outcome.status.value} {outcome.reason}")
@@ -66,7 +65,7 @@ def main() -> None:
         "MG 4000x3000 12-bit": resampled(REPO / "samples/mg-study/MG2.dcm", 4000, 3000),
     }
     print("(each run is the automatic path: detector proposals -> LiteMedSAM -> ROI -> ResNet18 -> SEG + SR)")
-    stages = ("decode", "preprocess", "propose", "segment", "classify", "encode")
+    stages = ("decode", "propose", "segment", "classify", "encode")   # classify: ROI cuts + ResNet18
     print(f"median seconds over {args.repeats} runs (after one warm-up), torch threads = {analyzer.config.threads or 'all'}")
     print(f"{'case':22}" + "".join(f"{s:>11}" for s in stages) + f"{'total':>9}{'non-model':>11}")
     for name, raw in cases.items():

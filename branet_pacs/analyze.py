@@ -13,9 +13,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from branet_pacs.config import Config, load_config
-from branet_pacs.dicom.ingest import ingest_file
-from branet_pacs.pipeline import Analyzer, InstanceAnalysis
-from branet_pacs.types import Box, ImageResult, ResultRow, Status
+from branet_pacs.outputs import write_image_outputs
+from branet_pacs.pipeline import Analyzer
+from branet_pacs.types import Box, InstanceResult, ResultRow, Status
 
 log = logging.getLogger(__name__)
 
@@ -33,54 +33,28 @@ def iter_input_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield path
 
 
-def output_stem(result: ImageResult) -> str:
-    image = result.image
-    stem = image.sop_instance_uid
-    return f"{stem}_f{image.frame_number}" if image.frame_number else stem
-
-
-def write_outputs(result: ImageResult, out_dir: Path) -> tuple[str, str]:
-    """Write SEG (if any) and SR under out_dir/<StudyInstanceUID>/; returns their paths relative to out_dir."""
-    study_dir = out_dir / result.image.study_instance_uid
-    study_dir.mkdir(parents=True, exist_ok=True)
-    stem = output_stem(result)
-    seg_rel = sr_rel = ""
-    if result.seg is not None:
-        seg_path = study_dir / f"{stem}_seg.dcm"
-        result.seg.save_as(seg_path, enforce_file_format=True)
-        seg_rel = str(seg_path.relative_to(out_dir))
-    if result.sr is not None:
-        sr_path = study_dir / f"{stem}_sr.dcm"
-        result.sr.save_as(sr_path, enforce_file_format=True)
-        sr_rel = str(sr_path.relative_to(out_dir))
-    return seg_rel, sr_rel
-
-
-def result_rows(analysis: InstanceAnalysis, out_dir: Path | None) -> list[ResultRow]:
-    """results.csv rows for one instance: one per finding, one for an image without finding, one per failure."""
-    outcome = analysis.outcome
-    header = outcome.dataset
-    base = ResultRow(
-        source=outcome.source,
-        sop_instance_uid=str(getattr(header, "SOPInstanceUID", "")) if header is not None else "",
-        study_instance_uid=str(getattr(header, "StudyInstanceUID", "")) if header is not None else "",
-        modality=str(getattr(header, "Modality", "")) if header is not None else "")
-    if outcome.status is not Status.OK:
-        return [dataclasses.replace(base, status=outcome.status, reason=outcome.reason)]
+def result_rows(result: InstanceResult, out_dir: Path | None) -> list[ResultRow]:
+    """results.csv rows for one instance (writing its outputs under `out_dir` when given): one per finding, one for
+    an image without finding, one per failed image, or one for a skipped / unreadable instance."""
+    base = ResultRow(source=result.source, sop_instance_uid=result.sop_instance_uid,
+                     study_instance_uid=result.study_instance_uid, modality=result.modality)
+    if result.ingest.status is not Status.OK:
+        return [dataclasses.replace(base, status=result.ingest.status, reason=result.ingest.reason)]
     rows: list[ResultRow] = []
-    for result in analysis.results:
-        seg_file, sr_file = write_outputs(result, out_dir) if out_dir is not None else ("", "")
-        frame = f"frame {result.image.frame_number}: " if result.image.frame_number else ""
-        row = dataclasses.replace(base, modality=result.image.modality, seg_file=seg_file, sr_file=sr_file)
-        if not result.findings:
+    for image in result.images:
+        files = {out.kind: out.relative for out in write_image_outputs(image, out_dir)} if out_dir is not None else {}
+        frame = f"frame {image.image.frame_number}: " if image.image.frame_number else ""
+        row = dataclasses.replace(base, modality=image.image.modality, seg_file=files.get("SEG", ""),
+                                  sr_file=files.get("SR", ""))
+        if not image.findings:
             rows.append(dataclasses.replace(row, reason=f"{frame}analysed, no lesion found"))
-        for finding in result.findings:
+        for finding in image.findings:
             rows.append(dataclasses.replace(
                 row, reason=f"{frame}{finding.prompt} prompt".strip(), finding=finding.index, label=finding.label,
                 p_malignant=finding.p_malignant, box=finding.box))
-    for image, reason in analysis.failures:
-        frame = f"frame {image.frame_number}: " if image.frame_number else ""
-        rows.append(dataclasses.replace(base, status=Status.ERROR, reason=f"{frame}{reason}"))
+    for failure in result.failures:
+        frame = f"frame {failure.image.frame_number}: " if failure.image.frame_number else ""
+        rows.append(dataclasses.replace(base, status=Status.ERROR, reason=f"{frame}{failure.reason}"))
     return rows
 
 
@@ -96,9 +70,8 @@ def analyze_paths(paths: Iterable[str | Path], out_dir: Path, config: Config,
         writer = csv.DictWriter(handle, fieldnames=ResultRow.CSV_COLUMNS)
         writer.writeheader()
         for path in tqdm(files, desc="analyze", unit="file", disable=not progress):
-            outcome = ingest_file(path, config.ingest)
-            analysis = analyzer.analyze_outcome(outcome, boxes)
-            for row in result_rows(analysis, out_dir):
+            result = analyzer.analyze_instance(path, boxes)
+            for row in result_rows(result, out_dir):
                 row = dataclasses.replace(row, source=str(path))
                 rows.append(row)
                 writer.writerow(row.as_csv_row())

@@ -10,15 +10,15 @@ import importlib
 import logging
 import sys
 
-# Modules that contribute sub-commands, in help order. A module that is missing (not built yet) is left out.
+# Modules that contribute sub-commands, in help order.
 COMMAND_MODULES = (
-    "branet_pacs.analyze",          # branet analyze
-    "branet_pacs.train.commands",   # branet prepare / train / evaluate / agreement
-    "branet_pacs.train.detector",   # branet train-detector / evaluate-proposals
-    "branet_pacs.train.image_eval",  # branet evaluate-images
-    "branet_pacs.sngan.commands",   # branet sngan ...
-    "branet_pacs.pacs.commands",    # branet reanalyze
-    "branet_pacs.service.commands",  # branet orthanc ...
+    "branet_pacs.analyze",               # branet analyze
+    "branet_pacs.datasets.prepare",      # branet prepare
+    "branet_pacs.train.commands",        # branet train / train-detector
+    "branet_pacs.evaluation.commands",   # branet evaluate / evaluate-images / evaluate-proposals / agreement
+    "branet_pacs.sngan.commands",        # branet sngan ...
+    "branet_pacs.reanalysis.commands",   # branet reanalyze
+    "branet_pacs.orthanc.commands",      # branet orthanc ...
 )
 
 
@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

@@ -55,9 +55,17 @@ class SegmentationSettings:
         return modality.upper() in {m.upper() for m in self.report_best_proposal}
 
 
+# The default UID root: "2.25" makes every output UID a name-based UUID (RFC 9562 version 5, in this namespace)
+# written as a 2.25 UID (PS3.5 B.2), so it needs no registered organisation root.
+UUID_UID_ROOT = "2.25"
+
+
 @dataclass(frozen=True)
 class OutputSettings:
     series_description_prefix: str = "BraNet RESEARCH USE ONLY"
+    # Root under which output UIDs are derived: "2.25" (UUID-derived, the default) or your organisation's root,
+    # e.g. "1.2.826.0.1.3680043.10.1234." (digits and dots, at most 40 characters).
+    uid_root: str = UUID_UID_ROOT
     seg_series_number: int = 9801
     sr_series_number: int = 9802
     institution_name: str = ""

@@ -1,7 +1,9 @@
-"""ingest -> proposals -> segment -> ROI -> classify -> encode, for one breast image at a time.
+"""ingest -> propose -> segment -> ROI -> classify -> encode: the one unit of work every entry point runs.
 
-`Analyzer` loads each model once and keeps it; `analyze_image` is the unit of work on one `BreastImage`,
-`analyze_outcome` the unit on one ingested instance (what the CLI, the Orthanc worker and re-analysis call).
+`Analyzer.analyze_instance(source)` takes one instance (a file path, the bytes of a file, or a pydicom Dataset) and
+returns an `InstanceResult`: the ingest decision, per image the findings with their SEG + SR, and per image what
+failed. `branet analyze`, the Orthanc worker and re-analysis all call it; `branet_pacs.outputs` writes the objects.
+
 Automatic path (no box given): the modality's lesion detector proposes boxes on the whole image, the segmenter
 turns each box into a mask, and the mask's bounding box is cut into the classifier's ROI — the same box rule
 `branet prepare` uses on ground-truth masks, so training and inference see the same kind of ROI.
@@ -9,24 +11,28 @@ turns each box into a mask, and the mask's bounding box is cut into the classifi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from branet_pacs.config import Config
+from branet_pacs.dicom.ingest import Source, ingest
 from branet_pacs.dicom.seg import build_seg
 from branet_pacs.dicom.sr import build_sr
 from branet_pacs.imaging.geometry import box_iou, mask_box, mask_outline
-from branet_pacs.imaging.roi import extract_roi
 from branet_pacs.models.errors import ModelUnavailable
-from branet_pacs.types import Box, BreastImage, Finding, ImageResult, IngestOutcome, ModelInfo, Status
+from branet_pacs.types import (Box, BreastImage, Finding, ImageFailure, ImageResult, IngestOutcome, InstanceResult,
+                               ModelIdentity)
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_MASK_IOU = 0.5   # two proposals whose masks overlap this much are one lesion
+DUPLICATE_BOX_IOU = 0.7
+MODALITIES = ("US", "MG")
 
 
 @dataclass(frozen=True)
@@ -36,19 +42,11 @@ class Prompt:
     kind: str          # "auto" | "box"
 
 
-@dataclass(frozen=True)
-class InstanceAnalysis:
-    """The outcome of one input instance: ingest decision, per-image results, and per-image failures."""
-
-    outcome: IngestOutcome
-    results: tuple[ImageResult, ...] = ()
-    failures: tuple[tuple[BreastImage, str], ...] = ()
-
-    @property
-    def status(self) -> Status:
-        if self.outcome.status is not Status.OK:
-            return self.outcome.status
-        return Status.ERROR if self.failures else Status.OK
+def settings_fingerprint(config: Config) -> str:
+    """What, besides the models, decides the outputs: the ingest, segmentation and output settings (not the UID
+    root, which is part of every UID anyway)."""
+    text = repr((config.ingest, config.segmentation, replace(config.output, uid_root="")))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -61,6 +59,7 @@ class Analyzer:
     def __post_init__(self) -> None:
         from branet_pacs.models.runtime import configure_torch
         configure_torch(self.config.threads)
+        self._settings = settings_fingerprint(self.config)
 
     # --- models, loaded once -------------------------------------------------------------------------------------
     def _load(self, key: tuple[str, str], loader):
@@ -88,32 +87,75 @@ class Analyzer:
         return self._load(("detector", modality), lambda: LesionDetector.load(
             self.config.models_dir, modality, device=self.config.device))
 
-    def model_info(self, modality: str, automatic: bool) -> ModelInfo:
-        classifier = self.classifier(modality)
-        detector = self.detector(modality) if automatic else None
-        return ModelInfo(classifier_name=classifier.name, classifier_version=classifier.version,
-                         threshold=classifier.threshold, segmenter_name=self.segmenter().name,
-                         detector_name=detector.name if detector else None,
-                         detector_version=detector.version if detector else None)
-
-    # --- the unit of work -----------------------------------------------------------------------------------------
-    def prompts(self, image: BreastImage, boxes: Sequence[Box] | None) -> list[Prompt]:
-        """User boxes (source-frame coordinates) mapped into the image, or the detector's proposals."""
-        if boxes:
-            return [Prompt(box, 1.0, "box") for box in (_frame_to_image(b, image) for b in boxes) if box]
-        settings = self.config.segmentation
-        report_best = settings.reports_best_proposal(image.modality)
-        floor = settings.best_proposal_min_score if report_best else settings.min_proposal_score
-        proposals = self.detector(image.modality).propose(
-            image.pixels, valid_mask=image.breast_mask, max_proposals=settings.max_findings_for(image.modality),
-            min_score=floor)
-        # Best first: the best is kept whatever its score (report_best_proposal), the others need min_proposal_score.
-        return [Prompt(p.box, float(p.score), "auto") for rank, p in enumerate(proposals)
-                if rank == 0 or p.score >= settings.min_proposal_score]
-
     def use(self, kind: str, modality: str, model: object) -> None:
         """Run with a given model object instead of the manifest's (evaluation with fold models, tests)."""
         self._cache[(kind, modality)] = model
+
+    def warm_up(self) -> list[str]:
+        """Load every model now, so the first image does not pay for it; returns what is unavailable."""
+        missing = []
+        loaders = [("segmenter", self.segmenter)]
+        for modality in MODALITIES:
+            loaders += [(f"{modality} classifier", lambda m=modality: self.classifier(m)),
+                        (f"{modality} detector", lambda m=modality: self.detector(m))]
+        for what, load in loaders:
+            try:
+                load()
+            except ModelUnavailable as exc:
+                missing.append(f"{what}: {exc}")
+        return missing
+
+    def model_identity(self, modality: str, automatic: bool) -> ModelIdentity:
+        """Which models (and settings) analyse `modality`: written into, and part of the UIDs of, every output."""
+        classifier = self.classifier(modality)
+        detector = self.detector(modality) if automatic else None
+        return ModelIdentity(
+            classifier_name=classifier.name, classifier_version=classifier.version, threshold=classifier.threshold,
+            segmenter_name=self.segmenter().name, detector_name=detector.name if detector else None,
+            detector_version=detector.version if detector else None,
+            weights_sha256=(classifier.entry.sha256, *((getattr(detector, "sha256", ""),) if detector else ())),
+            settings=self._settings)
+
+    def roi_margin(self, modality: str) -> float:
+        """The ROI context margin: the one the classifier was trained with, else the configured one."""
+        trained = self.classifier(modality).roi_margin
+        return trained if trained is not None else self.config.segmentation.roi_margin
+
+    # --- the unit of work -----------------------------------------------------------------------------------------
+    def analyze_instance(self, source: Source, boxes: Sequence[Box] | None = None,
+                         name: str | None = None) -> InstanceResult:
+        """Ingest one instance and analyse each of its breast images; a failing image is recorded, the others
+        still run. Never raises for bad input: the result's status and reason say what happened."""
+        outcome = ingest(source, self.config.ingest, name)
+        return self.analyze_ingested(outcome, boxes)
+
+    def analyze_ingested(self, outcome: IngestOutcome, boxes: Sequence[Box] | None = None) -> InstanceResult:
+        results: list[ImageResult] = []
+        failures: list[ImageFailure] = []
+        for image in outcome.images:
+            try:
+                results.append(self.analyze_image(image, boxes))
+            except ModelUnavailable as exc:
+                failures.append(ImageFailure(image, f"model unavailable: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others; the reason is kept
+                log.exception("analysis failed for SOP %s", image.sop_instance_uid)
+                failures.append(ImageFailure(image, f"analysis failed: {type(exc).__name__}: {exc}"))
+        return InstanceResult(ingest=outcome, images=tuple(results), failures=tuple(failures))
+
+    def analyze_image(self, image: BreastImage, boxes: Sequence[Box] | None = None) -> ImageResult:
+        """Find, segment and classify lesions on one image and encode SEG (when any finding) + SR."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        models = self.model_identity(image.modality, automatic=not boxes)  # fails early when weights are missing
+        timings["load"] = time.perf_counter() - start
+        findings = self.find_lesions(image, boxes, timings)
+        start = time.perf_counter()
+        settings = self.config.output
+        seg = build_seg(image, findings, models, settings) if findings else None
+        sr = build_sr(image, findings, models, seg, settings)
+        timings["encode"] = time.perf_counter() - start
+        log.info("analysed SOP %s frame %s: %d finding(s)", image.sop_instance_uid, image.frame_number, len(findings))
+        return ImageResult(image=image, findings=findings, models=models, seg=seg, sr=sr, timings=timings)
 
     def find_lesions(self, image: BreastImage, boxes: Sequence[Box] | None = None,
                      timings: dict[str, float] | None = None) -> tuple[Finding, ...]:
@@ -133,45 +175,26 @@ class Analyzer:
         masks = self.segmenter().segment(image.pixels, [p.box for p in prompts]) if prompts else []
         lap("segment")
         kept = _distinct_lesions(image, prompts, masks)
-        # The margin the classifier was trained with wins over the configured one: ROIs must match training.
-        margin = classifier.roi_margin if classifier.roi_margin is not None else self.config.segmentation.roi_margin
-        boxes_found = [box for _, _, box in kept]
-        rois = [extract_roi(image.pixels, box, margin) for box in boxes_found]
-        lap("preprocess")
-        probabilities = classifier.predict_boxes(image.pixels, boxes_found, margin)
+        margin = self.roi_margin(image.modality)
+        probabilities = classifier.predict_boxes(image.pixels, [box for _, _, box in kept], margin)
         lap("classify")
         return tuple(
-            _finding(index, image, prompt, mask, roi, float(p), classifier.label(float(p)))
-            for index, ((prompt, mask, _), roi, p) in enumerate(zip(kept, rois, probabilities), start=1))
+            _finding(index, image, prompt, mask, float(p), classifier.label(float(p)), margin)
+            for index, ((prompt, mask, _), p) in enumerate(zip(kept, probabilities), start=1))
 
-    def analyze_image(self, image: BreastImage, boxes: Sequence[Box] | None = None) -> ImageResult:
-        """Find, segment and classify lesions on one image and encode SEG (when any finding) + SR."""
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        models = self.model_info(image.modality, automatic=not boxes)  # fails early when weights are missing
-        timings["load"] = time.perf_counter() - start
-        findings = self.find_lesions(image, boxes, timings)
-        start = time.perf_counter()
-        settings = self.config.output
-        seg = build_seg(image, findings, models, settings) if findings else None
-        sr = build_sr(image, findings, models, seg, settings)
-        timings["encode"] = time.perf_counter() - start
-        log.info("analysed SOP %s frame %s: %d finding(s)", image.sop_instance_uid, image.frame_number, len(findings))
-        return ImageResult(image=image, findings=findings, models=models, seg=seg, sr=sr, timings=timings)
-
-    def analyze_outcome(self, outcome: IngestOutcome, boxes: Sequence[Box] | None = None) -> InstanceAnalysis:
-        """Analyse every image of one ingested instance; a failing image is recorded, the others still run."""
-        results: list[ImageResult] = []
-        failures: list[tuple[BreastImage, str]] = []
-        for image in outcome.images:
-            try:
-                results.append(self.analyze_image(image, boxes))
-            except ModelUnavailable as exc:
-                failures.append((image, f"model unavailable: {exc}"))
-            except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others; the reason is kept
-                log.exception("analysis failed for SOP %s", image.sop_instance_uid)
-                failures.append((image, f"analysis failed: {type(exc).__name__}: {exc}"))
-        return InstanceAnalysis(outcome=outcome, results=tuple(results), failures=tuple(failures))
+    def prompts(self, image: BreastImage, boxes: Sequence[Box] | None) -> list[Prompt]:
+        """User boxes (source-frame coordinates) mapped into the image, or the detector's proposals."""
+        if boxes:
+            return [Prompt(box, 1.0, "box") for box in (_frame_to_image(b, image) for b in boxes) if box]
+        settings = self.config.segmentation
+        report_best = settings.reports_best_proposal(image.modality)
+        floor = settings.best_proposal_min_score if report_best else settings.min_proposal_score
+        proposals = self.detector(image.modality).propose(
+            image.pixels, valid_mask=image.breast_mask, max_proposals=settings.max_findings_for(image.modality),
+            min_score=floor)
+        # Best first: the best is kept whatever its score (report_best_proposal), the others need min_proposal_score.
+        return [Prompt(p.box, float(p.score), "auto") for rank, p in enumerate(proposals)
+                if rank == 0 or p.score >= settings.min_proposal_score]
 
 
 def _frame_to_image(box: Box, image: BreastImage) -> Box | None:
@@ -201,7 +224,7 @@ def _distinct_lesions(image: BreastImage, prompts: Sequence[Prompt],
             x0, y0, x1, y1 = prompt.box
             mask[y0:y1, x0:x1] = True
             box = prompt.box
-        if any(_mask_iou(mask, other) > DUPLICATE_MASK_IOU or box_iou(box, other_box) > 0.7
+        if any(_mask_iou(mask, other) > DUPLICATE_MASK_IOU or box_iou(box, other_box) > DUPLICATE_BOX_IOU
                for _, other, other_box in kept):
             continue
         kept.append((prompt, mask, box))
@@ -213,8 +236,8 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
-def _finding(index: int, image: BreastImage, prompt: Prompt, mask: np.ndarray, roi: np.ndarray,
-             p_malignant: float, label: str) -> Finding:
+def _finding(index: int, image: BreastImage, prompt: Prompt, mask: np.ndarray, p_malignant: float, label: str,
+             roi_margin: float) -> Finding:
     """Place an image-space mask into the source frame and describe it there."""
     rx0, ry0, _, _ = image.region
     frame_mask = np.zeros(image.frame_shape, dtype=bool)
@@ -222,5 +245,5 @@ def _finding(index: int, image: BreastImage, prompt: Prompt, mask: np.ndarray, r
     frame_mask[ry0:ry0 + h, rx0:rx0 + w] = mask
     box = mask_box(frame_mask)
     assert box is not None
-    return Finding(index=index, box=box, mask=frame_mask, outline=mask_outline(frame_mask), roi=roi,
-                   p_malignant=p_malignant, label=label, proposal_score=prompt.score, prompt=prompt.kind)
+    return Finding(index=index, box=box, mask=frame_mask, outline=mask_outline(frame_mask), p_malignant=p_malignant,
+                   label=label, roi_margin=roi_margin, proposal_score=prompt.score, prompt=prompt.kind)

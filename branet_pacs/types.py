@@ -1,22 +1,49 @@
-"""Plain values that cross stage boundaries. Stages take these and return new ones; nothing here does work."""
+"""Plain values that cross stage boundaries, and the one vocabulary of outcomes. Nothing here does work, and
+nothing here imports more than the standard library at run time (the Orthanc plugin uses the vocabulary).
+
+Two words say how things went:
+- `Status` is the outcome of one unit of work on one instance (ok / skipped / error): results.csv, the Orthanc
+  node's instance records and re-analysis all use it;
+- `StudyState` is where a study stands (queued / running, then a final state). `study_verdict` is the one rule that
+  turns a study's instance outcomes into its final state and reason, for the node and for re-analysis alike.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pydicom
+if TYPE_CHECKING:   # standard library only at run time: the Orthanc plugin imports this module
+    import numpy as np
+    import pydicom
 
 # A box is (x0, y0, x1, y1) in pixel coordinates of the *source frame* (column, row; x1/y1 exclusive).
 Box = tuple[int, int, int, int]
 
 
 class Status(str, Enum):
+    """Outcome of one instance: analysed (with or without findings), not a breast image, or could not be done."""
+
     OK = "ok"
     SKIPPED = "skipped"
     ERROR = "error"
+
+
+class StudyState(str, Enum):
+    """Where a study stands. The last four are final until new images arrive or a re-run is asked for."""
+
+    QUEUED = "queued"        # waiting (for a worker, for a retry, for the next re-analysis run)
+    RUNNING = "running"      # being analysed
+    ANALYSED = "analysed"    # at least one breast image analysed; per-instance errors, if any, are in the reason
+    SKIPPED = "skipped"      # nothing to analyse (no breast image); the reason says why
+    ERROR = "error"          # breast images present, none could be analysed (corrupt, model unavailable...)
+    FAILED = "failed"        # the run could not finish (worker crashes, archive unreachable, store refused...)
+
+
+FINAL_STUDY_STATES = frozenset({StudyState.ANALYSED, StudyState.SKIPPED, StudyState.ERROR, StudyState.FAILED})
 
 
 @dataclass(frozen=True)
@@ -39,22 +66,22 @@ class BreastImage:
 
     @property
     def sop_instance_uid(self) -> str:
-        return str(self.dataset.SOPInstanceUID)
+        return str(self.dataset.get("SOPInstanceUID", ""))
 
     @property
     def study_instance_uid(self) -> str:
-        return str(self.dataset.StudyInstanceUID)
+        return str(self.dataset.get("StudyInstanceUID", ""))
 
 
 @dataclass(frozen=True)
 class IngestOutcome:
-    """What ingest decided for one input (file or dataset): images to analyse, or a skip/error reason."""
+    """What ingest decided for one input (file, bytes or dataset): images to analyse, or a skip/error reason."""
 
     source: str
     status: Status
     reason: str = ""
     images: tuple[BreastImage, ...] = ()
-    dataset: pydicom.Dataset | None = None  # header only; present whenever the file could be parsed
+    dataset: pydicom.Dataset | None = None  # header only; present whenever the input could be parsed
 
 
 @dataclass(frozen=True)
@@ -65,16 +92,26 @@ class Finding:
     box: Box
     mask: np.ndarray                  # bool (frame_rows, frame_cols)
     outline: np.ndarray               # float (n, 2) closed polygon of (column, row) points, first == last
-    roi: np.ndarray                   # float32 (128, 128) in [-1, 1], the classifier's input
     p_malignant: float
     label: str                        # "benign" or "malignant"
+    roi_margin: float = 0.15          # context margin of the classifier's ROI window (thumbnails show that window)
     proposal_score: float = 1.0       # detector confidence (1.0 for user-given boxes)
     prompt: str = "auto"              # "auto" or "box"
 
 
+def software_version(model_name: str, model_version: str) -> str:
+    """The Software Versions value (LO, 64 characters) that names a classifier in every object it made."""
+    return f"{model_name} {model_version}"[:64]
+
+
 @dataclass(frozen=True)
-class ModelInfo:
-    """Identity of the models used, written into every output object."""
+class ModelIdentity:
+    """Which models, weights and settings produced an output: written into every object, part of its UIDs.
+
+    `software_version` is the marker our writers put into Software Versions; re-analysis compares it with what an
+    archive already holds. `fingerprint` covers everything that changes the outputs (weights by checksum, the
+    analysis settings), so two runs share output UIDs exactly when they would produce the same objects.
+    """
 
     classifier_name: str
     classifier_version: str
@@ -82,11 +119,27 @@ class ModelInfo:
     segmenter_name: str
     detector_name: str | None = None
     detector_version: str | None = None
+    weights_sha256: tuple[str, ...] = ()   # of the classifier (and detector) weights files
+    settings: str = ""                     # fingerprint of the analysis settings (see pipeline.settings_fingerprint)
 
     @property
     def algorithm_version(self) -> str:
         """The single version string stored in SEG/SR algorithm identification."""
         return self.classifier_version
+
+    @property
+    def software_version(self) -> str:
+        return software_version(self.classifier_name, self.classifier_version)
+
+    @property
+    def fingerprint(self) -> str:
+        text = repr((self.classifier_name, self.classifier_version, self.threshold, self.segmenter_name,
+                     self.detector_name, self.detector_version, self.weights_sha256, self.settings))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def as_json(self) -> dict[str, object]:
+        return {"classifier": self.classifier_name, "version": self.classifier_version, "threshold": self.threshold,
+                "segmenter": self.segmenter_name, "detector": self.detector_name}
 
 
 @dataclass(frozen=True)
@@ -95,10 +148,136 @@ class ImageResult:
 
     image: BreastImage
     findings: tuple[Finding, ...]
-    models: ModelInfo
+    models: ModelIdentity
     seg: pydicom.Dataset | None = None   # None when there is no finding
     sr: pydicom.Dataset | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def outputs(self) -> tuple[pydicom.Dataset, ...]:
+        """The objects to store, the SEG before the SR that references it."""
+        return tuple(ds for ds in (self.seg, self.sr) if ds is not None)
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    """An image of an ingested instance that could not be analysed."""
+
+    image: BreastImage
+    reason: str
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    """The unit of work's answer for one input instance: ingest decision, per-image results and failures."""
+
+    ingest: IngestOutcome
+    images: tuple[ImageResult, ...] = ()
+    failures: tuple[ImageFailure, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return self.ingest.source
+
+    @property
+    def header(self) -> pydicom.Dataset | None:
+        return self.ingest.dataset
+
+    def _header_value(self, keyword: str) -> str:
+        header = self.ingest.dataset
+        try:
+            return str(header.get(keyword, "") or "") if header is not None else ""
+        except Exception:  # a malformed value in a header we could otherwise parse
+            return ""
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self._header_value("SOPInstanceUID")
+
+    @property
+    def study_instance_uid(self) -> str:
+        return self._header_value("StudyInstanceUID")
+
+    @property
+    def modality(self) -> str:
+        return self._header_value("Modality")
+
+    @property
+    def status(self) -> Status:
+        """OK when at least one image was analysed; per-image failures then show in `reason`."""
+        if self.ingest.status is not Status.OK:
+            return self.ingest.status
+        return Status.OK if self.images else Status.ERROR
+
+    @property
+    def reason(self) -> str:
+        if self.ingest.status is not Status.OK:
+            return self.ingest.reason
+        reasons = "; ".join(failure.reason for failure in self.failures)
+        return reasons if self.images else (reasons or "no image analysed")
+
+    @property
+    def outputs(self) -> tuple[pydicom.Dataset, ...]:
+        return tuple(ds for image in self.images for ds in image.outputs)
+
+    def summary(self) -> InstanceSummary:
+        return InstanceSummary(
+            sop_instance_uid=self.sop_instance_uid, status=self.status, reason=self.reason,
+            findings=sum(len(image.findings) for image in self.images),
+            model_version=", ".join(sorted({image.models.software_version for image in self.images})))
+
+
+@dataclass(frozen=True)
+class InstanceSummary:
+    """What a study verdict needs to know about one instance (kept in the node's and re-analysis' records)."""
+
+    sop_instance_uid: str
+    status: Status
+    reason: str = ""
+    findings: int = 0
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class StudyVerdict:
+    state: StudyState
+    reason: str
+    model_version: str = ""
+
+
+MAX_REASONS = 5   # instance reasons quoted in a study's reason
+
+
+def study_verdict(instances: Sequence[InstanceSummary]) -> StudyVerdict:
+    """The final state of a study from the outcomes of its instances.
+
+    ANALYSED when at least one instance was analysed (errors of the others are named in the reason, so one bad file
+    never hides the good ones' results), ERROR when breast images were found but none could be analysed, SKIPPED
+    when there was nothing to analyse.
+    """
+    ok = [i for i in instances if i.status is Status.OK]
+    errors = [i for i in instances if i.status is Status.ERROR]
+    skipped = [i for i in instances if i.status is Status.SKIPPED]
+    parts: list[str] = []
+    if ok:
+        findings = sum(i.findings for i in ok)
+        parts.append(f"{len(ok)} image instance(s) analysed, {findings} finding(s)")
+    if errors:
+        more = " ..." if len(errors) > MAX_REASONS else ""
+        parts.append(f"{len(errors)} instance(s) with errors: " +
+                     "; ".join(f"SOP {i.sop_instance_uid}: {i.reason}" for i in errors[:MAX_REASONS]) + more)
+    if skipped:
+        reasons = sorted({i.reason for i in skipped})
+        more = " ..." if len(reasons) > 3 else ""
+        parts.append(f"{len(skipped)} instance(s) skipped ({'; '.join(reasons[:3])}{more})")
+    if not instances:
+        parts.append("no instances to analyse")
+    partial = [f"SOP {i.sop_instance_uid}: {i.reason}" for i in ok if i.reason]
+    if partial:
+        parts.append("partial: " + "; ".join(partial[:3]))
+    state = StudyState.ANALYSED if ok else StudyState.ERROR if errors else StudyState.SKIPPED
+    versions = sorted({v.strip() for i in ok for v in i.model_version.split(",") if v.strip()})
+    return StudyVerdict(state, ". ".join(parts), ", ".join(versions))
 
 
 @dataclass(frozen=True)
@@ -132,7 +311,3 @@ class ResultRow:
             "x0": str(x0), "y0": str(y0), "x1": str(x1), "y1": str(y1),
             "seg_file": self.seg_file, "sr_file": self.sr_file,
         }
-
-
-def relative_to(path: Path, root: Path) -> str:
-    return str(Path(path).resolve().relative_to(Path(root).resolve()))

@@ -4,7 +4,7 @@ It translates Orthanc events into service calls and nothing more: STABLE_STUDY w
 ORTHANC_STARTED/STOPPED start and stop it, /branet/* REST requests are answered by it, and the Explorer gets the
 BraNet panel. Analysis runs in separate worker processes (torch is never imported inside Orthanc).
 
-Needs the "BraNet" configuration section written by `branet orthanc run` (branet_pacs.service.orthanc_config).
+Needs the "BraNet" configuration section written by `branet orthanc run` (branet_pacs.orthanc.orthanc_config).
 """
 
 import json
@@ -47,10 +47,10 @@ if not isinstance(_SECTION, dict):
 else:
     _setup()
 
-    from branet_pacs.service.node import BraNetNode
-    from branet_pacs.service.rest import OrthancApi, OrthancError
-    from branet_pacs.service.settings import ServiceSettings
-    from branet_pacs.service.status import GLOBAL_PROPERTY_LAST_CHANGE
+    from branet_pacs.orthanc.node import BraNetNode
+    from branet_pacs.orthanc.rest import OrthancApi, OrthancError
+    from branet_pacs.orthanc.settings import ServiceSettings
+    from branet_pacs.orthanc.status import GLOBAL_PROPERTY_LAST_CHANGE
 
     _NOT_FOUND = {orthanc.ErrorCode.UNKNOWN_RESOURCE, orthanc.ErrorCode.INEXISTENT_ITEM,
                   orthanc.ErrorCode.INEXISTENT_FILE, orthanc.ErrorCode.UNKNOWN_MODALITY}

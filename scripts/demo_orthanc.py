@@ -19,8 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from branet_pacs.service.launcher import branet_node, free_port, send_files, wait_for  # noqa: E402
-from branet_pacs.service.rest import OrthancError  # noqa: E402
+from branet_pacs.orthanc.launcher import branet_node, free_port, send_files, wait_for  # noqa: E402
+from branet_pacs.orthanc.rest import OrthancError  # noqa: E402
 
 DEMO_AET = "BRANETDEMO"
 FINAL = {"analysed", "skipped", "error", "failed"}

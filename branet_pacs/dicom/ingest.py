@@ -15,9 +15,10 @@ Decoding (see `pixels.frame_to_gray`): every frame becomes float32 [0, 1] graysc
 (RepresentativeFrameNumber, else the middle frame) or, with `us_frames = "all"`, the first `max_frames` frames.
 MG gets a breast foreground mask and laterality (ImageLaterality, else Laterality).
 
-Nothing raises out of `ingest_file` / `ingest_dataset`: unreadable, truncated or undecodable input is an outcome
-with status "error" and a reason naming the file and the failure. Log lines carry SOP Instance UIDs, never patient
-attributes.
+`ingest(source, rules)` is the entry point: `source` is a file path, the bytes of a Part 10 file (C-STORE, REST,
+DICOMweb) or an already parsed pydicom Dataset. Nothing raises out of it: unreadable, truncated or undecodable
+input is an outcome with status "error" and a reason naming the input and the failure. Log lines carry SOP Instance
+UIDs, never patient attributes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import copy
 import logging
 import warnings
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +38,15 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from branet_pacs.config import IngestRules
-from branet_pacs.dicom.pixels import PixelDecodeError, frame_to_gray, number_of_frames
+from branet_pacs.dicom.derived import laterality
+from branet_pacs.dicom.pixels import PIXEL_TAGS, PixelDecodeError, frame_to_gray, number_of_frames
 from branet_pacs.imaging.breast import breast_mask
 from branet_pacs.types import BreastImage, Box, IngestOutcome, Status
 
 log = logging.getLogger(__name__)
 
-PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)   # Pixel Data, Float Pixel Data, Double Float Pixel Data
+# What `ingest` accepts: a file path, the bytes of a Part 10 file, or a parsed data set.
+Source = str | Path | bytes | Dataset
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 # Modalities of objects that are never images (PS3.3 C.7.3.1.1.1)
@@ -55,27 +59,31 @@ _BREAST_CODES = {("SCT", "76752008"), ("SRT", "T-04000"), ("SNM3", "T-04000")}
 _TOMOSYNTHESIS = UID("1.2.840.10008.5.1.4.1.1.13.1.3")   # Breast Tomosynthesis Image Storage
 
 
-# ------------------------------------------------------------------------------------------------- entry points
+# ------------------------------------------------------------------------------------------------- entry point
 
-def ingest_file(path: str | Path, rules: IngestRules) -> IngestOutcome:
-    """Read one file and ingest it. Never raises for bad input."""
-    source = str(path)
+def ingest(source: Source, rules: IngestRules, name: str | None = None) -> IngestOutcome:
+    """Read (unless already parsed) and ingest one instance. Never raises for bad input.
+
+    `name` says where the input came from in reasons and reports (default: the path, else "dataset"/"bytes").
+    """
+    if isinstance(source, Dataset):
+        return _ingest_dataset(source, rules, name or "dataset")
+    name = name or (str(source) if isinstance(source, (str, Path)) else "bytes")
     try:
-        ds, problem = read_dicom(path)
+        ds, problem = read_dicom(source)
     except Exception as exc:  # defensive: read_dicom already turns known failures into messages
         ds, problem = None, f"unreadable: {type(exc).__name__}: {exc}"
     if ds is None:
-        log.warning("ingest error (file not parsed): %s", problem)
-        return IngestOutcome(source, Status.ERROR, f"{source}: {problem}")
+        log.warning("ingest error (input not parsed): %s", problem)
+        return IngestOutcome(name, Status.ERROR, f"{name}: {problem}")
     if problem:
         header = _safe_header(ds)
         log.warning("ingest error for SOP %s: %s", _uid(ds), problem)
-        return IngestOutcome(source, Status.ERROR, f"{source}: {problem}", dataset=header)
-    return ingest_dataset(ds, rules, source)
+        return IngestOutcome(name, Status.ERROR, f"{name}: {problem}", dataset=header)
+    return _ingest_dataset(ds, rules, name)
 
 
-def ingest_dataset(ds: Dataset, rules: IngestRules, source: str) -> IngestOutcome:
-    """Ingest an already parsed instance (from a file, C-STORE or DICOMweb). Never raises for bad input."""
+def _ingest_dataset(ds: Dataset, rules: IngestRules, source: str) -> IngestOutcome:
     try:
         outcome = _ingest(ds, rules, source)
     except Exception as exc:  # a malformed attribute somewhere: an error outcome, never a crash
@@ -91,23 +99,28 @@ def ingest_dataset(ds: Dataset, rules: IngestRules, source: str) -> IngestOutcom
 
 # -------------------------------------------------------------------------------------------------------- reading
 
-def read_dicom(path: str | Path) -> tuple[Dataset | None, str]:
-    """(dataset, problem): problem is "" for a complete file; dataset is None when nothing could be parsed.
+def read_dicom(source: str | Path | bytes) -> tuple[Dataset | None, str]:
+    """(dataset, problem) for a file path or the bytes of a file: problem is "" for a complete file; dataset is
+    None when nothing could be parsed.
 
     Files without the Part 10 preamble are accepted when they parse as a data set with a SOP Class UID.
     Truncation is detected from pydicom's end-of-file warnings and from a last element shorter than its length.
     """
-    path = Path(path)
-    if not path.is_file():
-        return None, "no such file" if not path.exists() else "not a regular file"
-    if path.stat().st_size == 0:
-        return None, "empty file, not DICOM"
+    if isinstance(source, bytes):
+        if not source:
+            return None, "empty input, not DICOM"
+    else:
+        source = Path(source)
+        if not source.is_file():
+            return None, "no such file" if not source.exists() else "not a regular file"
+        if source.stat().st_size == 0:
+            return None, "empty file, not DICOM"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(_stream(source))
         except InvalidDicomError:
-            ds = _read_raw_dataset(path)
+            ds = _read_raw_dataset(_stream(source))
             if ds is None:
                 return None, "not a DICOM file (no 'DICM' prefix and not a parsable data set)"
         except Exception as exc:
@@ -122,10 +135,15 @@ def read_dicom(path: str | Path) -> tuple[Dataset | None, str]:
     return ds, ""
 
 
-def _read_raw_dataset(path: Path) -> Dataset | None:
+def _stream(source: Path | bytes) -> Path | BytesIO:
+    """What pydicom reads: the path, or a fresh stream over the bytes (each read attempt starts at 0)."""
+    return BytesIO(source) if isinstance(source, bytes) else source
+
+
+def _read_raw_dataset(source: Path | BytesIO) -> Dataset | None:
     """A data set without Part 10 header (old exports); None unless it looks like a real instance."""
     try:
-        ds = pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(source, force=True)
         sop_class = str(ds.get("SOPClassUID", ""))
         sop_instance = str(ds.get("SOPInstanceUID", ""))
     except Exception:
@@ -340,15 +358,6 @@ def ultrasound_region(ds: Dataset, rows: int, cols: int) -> Box | None:
         if x1 - x0 >= 2 and y1 - y0 >= 2 and area > best_area:
             best, best_area = (x0, y0, x1, y1), area
     return best
-
-
-def laterality(ds: Dataset) -> str | None:
-    """"L" or "R" from ImageLaterality, else Laterality; None for absent, both ("B") or unpaired ("U")."""
-    for keyword in ("ImageLaterality", "Laterality"):
-        value = str(ds.get(keyword, "") or "").strip().upper()
-        if value in ("L", "R"):
-            return value
-    return None
 
 
 def header_only(ds: Dataset) -> Dataset:

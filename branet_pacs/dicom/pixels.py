@@ -22,6 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 from pydicom.uid import ExplicitVRBigEndian
 
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)   # Pixel Data, Float Pixel Data, Double Float Pixel Data
+
 # ITU-R BT.601 luma weights (those of the YBR_FULL definition in PS3.3 C.7.6.3.1.2)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

@@ -1,91 +1,24 @@
 """DICOM Segmentation writer: one BINARY segment per finding, on the analysed source frame (highdicom).
 
-`build_seg` is the entry point. It also holds the two helpers the SR writer shares: `source_for_reference`
-(the source header with what the derived IODs require filled in) and `equipment` (who made the object).
+`build_seg` is the entry point. Equipment, UIDs, the reference header and laterality come from `dicom.derived`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.uid import generate_uid
 
-import branet_pacs
 from branet_pacs.config import OutputSettings
 from branet_pacs.dicom import codes
-from branet_pacs.types import BreastImage, Finding, ModelInfo
+from branet_pacs.dicom.derived import (content_uid, equipment, instance_uid, series_uid, source_for_reference,
+                                       tracking_uid)
+from branet_pacs.types import BreastImage, Finding, ModelIdentity
 
-MODEL_NAME = "BraNet-PACS"  # ManufacturerModelName of every object we write
 CONTENT_LABEL = "BRANET_LESIONS"  # CS, at most 16 characters
-
-# Patient / study attributes of Type 2 in the Patient and General Study modules: present (maybe empty) in every
-# object we write, also when the source omits them (highdicom reads them from the source).
-_TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName",
-                        "StudyID", "AccessionNumber", "StudyDate", "StudyTime")
-_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel Data, Float / Double Float Pixel Data
-
-
-@dataclass(frozen=True)
-class Equipment:
-    """General / Enhanced General Equipment values of the objects BraNet-PACS writes."""
-
-    manufacturer: str
-    model_name: str
-    software_versions: tuple[str, ...]
-    serial_number: str
-    algorithm_name: str
-    algorithm_version: str
-
-
-def equipment(models: ModelInfo) -> Equipment:
-    """Manufacturer, model and software versions naming the package and the model version (LO: 64 chars)."""
-    versions = (f"{branet_pacs.ALGORITHM_NAME} {branet_pacs.__version__}",
-                f"{models.classifier_name} {models.classifier_version}")
-    return Equipment(
-        manufacturer=branet_pacs.MANUFACTURER,
-        model_name=MODEL_NAME,
-        software_versions=tuple(v[:64] for v in versions),
-        serial_number=f"{branet_pacs.ALGORITHM_NAME}-{branet_pacs.__version__}"[:64],
-        algorithm_name=branet_pacs.ALGORITHM_NAME,
-        algorithm_version=str(models.algorithm_version)[:64],
-    )
-
-
-def series_uid(image: BreastImage, kind: str, models: ModelInfo) -> str:
-    """One output series per study, object kind ("SEG"/"SR") and equipment identity (package + model version).
-
-    Deterministic, so every image of a study analysed by the same software and model lands in one SEG series and
-    one SR series (series-level attributes such as Software Versions then agree within each series)."""
-    eq = equipment(models)
-    return generate_uid(entropy_srcs=[image.study_instance_uid, kind, eq.manufacturer, *eq.software_versions])
-
-
-def source_for_reference(image: BreastImage) -> pydicom.Dataset:
-    """A copy of the source header that derived objects can be built from.
-
-    Pixel data is left out (only references are built from it). Missing Type 2 patient/study attributes become
-    empty: highdicom copies them, and the SEG and SR IODs require them present.
-    """
-    source = pydicom.Dataset()
-    for element in image.dataset:
-        if element.tag not in _PIXEL_TAGS:
-            source.add(copy.deepcopy(element))
-    for keyword in _TYPE2_PATIENT_STUDY:
-        if keyword not in source:
-            setattr(source, keyword, "")
-    return source
-
-
-def laterality(image: BreastImage) -> str | None:
-    """"L"/"R" from the image, or from the source header (ImageLaterality, then Laterality)."""
-    value = image.laterality or image.dataset.get("ImageLaterality") or image.dataset.get("Laterality")
-    value = str(value).upper() if value else None
-    return value if value in ("L", "R") else None
 
 
 def _anatomic_region(side: str | None) -> hd.sr.CodedConcept:
@@ -95,7 +28,7 @@ def _anatomic_region(side: str | None) -> hd.sr.CodedConcept:
     return region
 
 
-def _algorithm(models: ModelInfo) -> hd.AlgorithmIdentificationSequence:
+def _algorithm(models: ModelIdentity) -> hd.AlgorithmIdentificationSequence:
     eq = equipment(models)
     return hd.AlgorithmIdentificationSequence(
         name=eq.algorithm_name,
@@ -105,10 +38,11 @@ def _algorithm(models: ModelInfo) -> hd.AlgorithmIdentificationSequence:
     )
 
 
-def segment_description(finding: Finding, image: BreastImage, models: ModelInfo) -> hd.seg.SegmentDescription:
-    """Segment N: "Lesion N", SCT morphologically abnormal structure / lesion, automatic, with a new Tracking UID
-    (the SR's measurement group for the finding repeats it)."""
-    side = laterality(image)
+def segment_description(finding: Finding, image: BreastImage, models: ModelIdentity,
+                        settings: OutputSettings) -> hd.seg.SegmentDescription:
+    """Segment N: "Lesion N", SCT morphologically abnormal structure / lesion, automatic, with the finding's
+    Tracking UID (the SR's measurement group for the finding repeats it)."""
+    side = image.laterality
     return hd.seg.SegmentDescription(
         segment_number=finding.index,
         segment_label=f"Lesion {finding.index}",
@@ -116,7 +50,7 @@ def segment_description(finding: Finding, image: BreastImage, models: ModelInfo)
         segmented_property_type=codes.LESION,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=_algorithm(models),
-        tracking_uid=hd.UID(),
+        tracking_uid=tracking_uid(settings, image, finding.index, models),
         tracking_id=f"Lesion {finding.index}",
         anatomic_regions=[_anatomic_region(side)],
     )
@@ -142,7 +76,7 @@ def _frame_count(dataset: pydicom.Dataset) -> int:
     return int(dataset.get("NumberOfFrames", 1) or 1)
 
 
-def build_seg(image: BreastImage, findings: Sequence[Finding], models: ModelInfo,
+def build_seg(image: BreastImage, findings: Sequence[Finding], models: ModelIdentity,
               settings: OutputSettings) -> hd.seg.Segmentation:
     """DICOM Segmentation (BINARY) of `findings` on the analysed frame of `image`.
 
@@ -183,10 +117,10 @@ def build_seg(image: BreastImage, findings: Sequence[Finding], models: ModelInfo
         source_images=[source],
         pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment_description(f, image, models) for f in ordered],
-        series_instance_uid=series_uid(image, "SEG", models),
+        segment_descriptions=[segment_description(f, image, models, settings) for f in ordered],
+        series_instance_uid=series_uid(settings, image, "SEG", models),
         series_number=settings.seg_series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=instance_uid(settings, image, "SEG", models),
         instance_number=int(image.dataset.get("InstanceNumber") or 1),
         manufacturer=eq.manufacturer,
         manufacturer_model_name=eq.model_name,
@@ -199,10 +133,19 @@ def build_seg(image: BreastImage, findings: Sequence[Finding], models: ModelInfo
     )
     if patch_frame is not None:
         _reference_frame(seg, str(image.dataset.SOPInstanceUID), true_class, patch_frame)
+    _fix_dimension_organization(seg, content_uid(settings, image, "SEG", "dimension-organization", models))
     if hd.spatial.get_image_coordinate_system(image.dataset) is None:
         # General Image module: Patient Orientation is Type 2C, required when the image has no patient geometry.
         seg.PatientOrientation = image.dataset.get("PatientOrientation", "")
     return seg
+
+
+def _fix_dimension_organization(seg: hd.seg.Segmentation, uid: str) -> None:
+    """highdicom mints a random Dimension Organization UID: replace it with a derived one (same object, same UIDs)."""
+    old = {str(item.DimensionOrganizationUID) for item in seg.get("DimensionOrganizationSequence", [])}
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        if str(item.get("DimensionOrganizationUID", "")) in old:
+            item.DimensionOrganizationUID = uid
 
 
 # Single-frame SOP classes standing in for legacy multi-frame ones while highdicom builds the SEG.

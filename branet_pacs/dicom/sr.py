@@ -36,27 +36,26 @@ import pydicom
 from highdicom.sr import RelationshipTypeValues as Rel
 from pydicom.sr.codedict import codes as pydicom_codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
-import branet_pacs
 from branet_pacs.config import OutputSettings
 from branet_pacs.dicom import codes
-from branet_pacs.dicom.seg import equipment, laterality, series_uid, source_for_reference
-from branet_pacs.types import BreastImage, Finding, ModelInfo
+from branet_pacs.dicom.derived import (device_uid, equipment, instance_uid, referenced_frames, series_uid,
+                                       source_for_reference, tracking_uid)
+from branet_pacs.types import BreastImage, Finding, ModelIdentity
 
 # DICOM image coordinates of an array index (column, row): the centre of pixel (0, 0) is (0.5, 0.5).
 PIXEL_CENTRE_OFFSET = 0.5
 
 
-def _algorithm(models: ModelInfo) -> hd.sr.AlgorithmIdentification:
+def _algorithm(models: ModelIdentity) -> hd.sr.AlgorithmIdentification:
     eq = equipment(models)
     return hd.sr.AlgorithmIdentification(name=eq.algorithm_name, version=eq.algorithm_version)
 
 
-def _observation_context(models: ModelInfo) -> hd.sr.ObservationContext:
+def _observation_context(models: ModelIdentity) -> hd.sr.ObservationContext:
     eq = equipment(models)
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=generate_uid(entropy_srcs=[eq.algorithm_name, branet_pacs.__version__, "device"]),
+        uid=device_uid(),
         name=eq.model_name,
         manufacturer_name=eq.manufacturer,
         model_name=eq.model_name,
@@ -71,14 +70,7 @@ def breast_procedure(image: BreastImage) -> Code:
     """CID 6050 breast procedure, written to Performed Procedure Code Sequence (see codes.IMAGING_PROCEDURE)."""
     if image.modality == "US":
         return codes.PROCEDURE_BREAST_US
-    return codes.PROCEDURE_MAMMOGRAM[laterality(image)]
-
-
-def _frames(image: BreastImage) -> list[int] | None:
-    """Referenced frame numbers for references to the source (only for multi-frame sources)."""
-    if "NumberOfFrames" not in image.dataset and image.frame_number is None:
-        return None
-    return [int(image.frame_number or 1)]
+    return codes.PROCEDURE_MAMMOGRAM[image.laterality]
 
 
 def _image_library(image: BreastImage) -> hd.sr.ContentSequence:
@@ -90,7 +82,7 @@ def _image_library(image: BreastImage) -> hd.sr.ContentSequence:
         hd.sr.CodeContentItem(name=pydicom_codes.DCM.TargetRegion, value=codes.BREAST,
                               relationship_type=Rel.HAS_ACQ_CONTEXT),
     ]
-    side = laterality(image)
+    side = image.laterality
     if side is not None:
         descriptors.append(hd.sr.CodeContentItem(name=pydicom_codes.DCM.ImageLaterality,
                                                  value=codes.LATERALITY[side], relationship_type=Rel.HAS_ACQ_CONTEXT))
@@ -100,7 +92,7 @@ def _image_library(image: BreastImage) -> hd.sr.ContentSequence:
                                                 relationship_type=Rel.HAS_ACQ_CONTEXT))
     entry = hd.sr.ImageContentItem(
         name=codes.SOURCE, referenced_sop_class_uid=str(ds.SOPClassUID),
-        referenced_sop_instance_uid=str(ds.SOPInstanceUID), referenced_frame_numbers=_frames(image),
+        referenced_sop_instance_uid=str(ds.SOPInstanceUID), referenced_frame_numbers=referenced_frames(image),
         relationship_type=Rel.CONTAINS)
     entry.ContentSequence = hd.sr.ContentSequence(descriptors)
     group = hd.sr.ContainerContentItem(name=pydicom_codes.DCM.ImageLibraryGroup, relationship_type=Rel.CONTAINS)
@@ -118,12 +110,6 @@ def scoord_points(finding: Finding) -> np.ndarray:
     return points.astype(np.float32)
 
 
-def _segment_tracking(seg: pydicom.Dataset | None) -> dict[int, str]:
-    if seg is None:
-        return {}
-    return {int(s.SegmentNumber): str(s.TrackingUID) for s in seg.SegmentSequence if "TrackingUID" in s}
-
-
 def _segment_illustration(seg: pydicom.Dataset, segment_number: int) -> hd.sr.ImageContentItem:
     """TID 1410 row 9 IMAGE (121200, DCM, "Illustration of ROI") -> segment `segment_number` of the SEG instance
     (see codes.ILLUSTRATION_OF_ROI for why not "Referenced Segment(ation Frame)"). No frame numbers: the Image SOP
@@ -137,7 +123,7 @@ def _segment_illustration(seg: pydicom.Dataset, segment_number: int) -> hd.sr.Im
     )
 
 
-def _measurement_group(image: BreastImage, finding: Finding, models: ModelInfo, seg: pydicom.Dataset | None,
+def _measurement_group(image: BreastImage, finding: Finding, models: ModelIdentity, seg: pydicom.Dataset | None,
                        tracking_uid: str) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     ds = image.dataset
     if finding.label not in codes.LABEL_CODES:
@@ -149,9 +135,9 @@ def _measurement_group(image: BreastImage, finding: Finding, models: ModelInfo, 
         graphic_data=scoord_points(finding),
         source_image=hd.sr.SourceImageForRegion(
             referenced_sop_class_uid=str(ds.SOPClassUID), referenced_sop_instance_uid=str(ds.SOPInstanceUID),
-            referenced_frame_numbers=_frames(image)),
+            referenced_frame_numbers=referenced_frames(image)),
     )
-    side = laterality(image)
+    side = image.laterality
     site = hd.sr.FindingSite(anatomic_location=codes.BREAST,
                              laterality=codes.LATERALITY[side] if side else None)
     probability = hd.sr.Measurement(
@@ -192,7 +178,7 @@ def _insert_after(sequence: pydicom.Sequence, item: pydicom.Dataset, after: pydi
     sequence.append(item)
 
 
-def _no_finding_report(image: BreastImage, models: ModelInfo) -> hd.sr.ContainerContentItem:
+def _no_finding_report(image: BreastImage, models: ModelIdentity) -> hd.sr.ContainerContentItem:
     """TID 1500 without imaging measurements: the image was analysed and nothing was found (row 12)."""
     root = hd.sr.ContainerContentItem(name=codes.REPORT_TITLE, template_id="1500")
     content = hd.sr.ContentSequence()
@@ -210,12 +196,11 @@ def _no_finding_report(image: BreastImage, models: ModelInfo) -> hd.sr.Container
     return root
 
 
-def _report(image: BreastImage, findings: Sequence[Finding], models: ModelInfo,
-            seg: pydicom.Dataset | None) -> pydicom.Dataset:
+def _report(image: BreastImage, findings: Sequence[Finding], models: ModelIdentity, seg: pydicom.Dataset | None,
+            settings: OutputSettings) -> pydicom.Dataset:
     if not findings:
         return _no_finding_report(image, models)
-    tracking = _segment_tracking(seg)
-    groups = [_measurement_group(image, f, models, seg, tracking.get(f.index) or hd.UID())
+    groups = [_measurement_group(image, f, models, seg, tracking_uid(settings, image, f.index, models))
               for f in sorted(findings, key=lambda f: f.index)]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(models),
@@ -232,7 +217,7 @@ def _report(image: BreastImage, findings: Sequence[Finding], models: ModelInfo,
     return root
 
 
-def build_sr(image: BreastImage, findings: Sequence[Finding], models: ModelInfo, seg: pydicom.Dataset | None,
+def build_sr(image: BreastImage, findings: Sequence[Finding], models: ModelIdentity, seg: pydicom.Dataset | None,
              settings: OutputSettings) -> hd.sr.ComprehensiveSR:
     """Comprehensive SR (TID 1500) for one analysed image; `seg` is the SEG from `build_seg` (None without
     findings). Completion PARTIAL, verification UNVERIFIED, preliminary: AI output awaiting a reader."""
@@ -246,10 +231,10 @@ def build_sr(image: BreastImage, findings: Sequence[Finding], models: ModelInfo,
     evidence = [source] + ([seg] if seg is not None else [])
     return hd.sr.ComprehensiveSR(
         evidence=evidence,
-        content=_report(image, findings, models, seg),
-        series_instance_uid=series_uid(image, "SR", models),
+        content=_report(image, findings, models, seg, settings),
+        series_instance_uid=series_uid(settings, image, "SR", models),
         series_number=settings.sr_series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=instance_uid(settings, image, "SR", models),
         instance_number=int(image.dataset.get("InstanceNumber") or 1),
         manufacturer=eq.manufacturer,
         manufacturer_model_name=eq.model_name,

@@ -305,6 +305,7 @@ class LesionDetector:
     version: str
     modality: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    sha256: str = ""          # of the weights file, when loaded through the manifest
 
     def __post_init__(self) -> None:
         self.net.to(self.device).eval()
@@ -317,8 +318,10 @@ class LesionDetector:
 
         entry = manifest.find_model(models_dir, kind=MODEL_KIND, modality=modality)
         path = manifest.verified_weights_path(models_dir, entry)
-        return cls.from_weights(path, name=entry.name, version=entry.version, modality=entry.modality,
-                                device=select_device(device))
+        detector = cls.from_weights(path, name=entry.name, version=entry.version, modality=entry.modality,
+                                    device=select_device(device))
+        detector.sha256 = entry.sha256
+        return detector
 
     @classmethod
     def from_weights(cls, path: str | Path, *, name: str, version: str, modality: str,

@@ -1,4 +1,5 @@
-"""ROI folders in ImageFolder layout: DIR/<class>/*.png (8-bit grayscale ROIs); `masks/` sub-folders are ignored."""
+"""SNGAN training and scoring sets: ROI folders in ImageFolder layout (DIR/<class>/*.png, as `branet prepare` writes
+them; `masks/` sub-folders are ignored), resized to the GAN's image size, or plain folders of generated images."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class RoiSet:
         return {name: int((self.labels == i).sum()) for i, name in enumerate(CLASSES)}
 
 
-def list_roi_files(root: str | Path, classes: tuple[str, ...] = CLASSES) -> list[tuple[Path, int]]:
+def list_image_files(root: str | Path, classes: tuple[str, ...] = CLASSES) -> list[tuple[Path, int]]:
     """(file, class index) for every PNG directly inside root/<class>/, sorted for a stable order.
 
     A folder without class sub-folders is read as one unlabelled set (class index -1), so `score` can compare
@@ -69,7 +70,7 @@ def resize_uint8(pixels: np.ndarray, size: int) -> np.ndarray:
 
 def load_roi_set(root: str | Path, image_size: int) -> RoiSet:
     """All labelled ROIs under root as one in-memory set (resized with PIL bicubic when not image_size)."""
-    entries = [(p, c) for p, c in list_roi_files(root) if c >= 0]
+    entries = [(p, c) for p, c in list_image_files(root) if c >= 0]
     if not entries:
         raise FileNotFoundError(f"{root} has no benign/ or malignant/ sub-folder with PNG ROIs")
     arrays = [uint8_to_roi(resize_uint8(read_gray_uint8(p), image_size)) for p, _ in entries]

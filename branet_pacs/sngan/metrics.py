@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from branet_pacs.sngan.data import list_roi_files, read_gray_uint8
+from branet_pacs.sngan.data import list_image_files, read_gray_uint8
 from branet_pacs.sngan.features import FeatureExtractor, make_extractor
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _spread_subset(files: list[Path], max_images: int | None) -> list[Path]:
 def folder_features(folder: str | Path, extractor: FeatureExtractor, max_images: int | None = None,
                     cache_dir: str | Path | None = None, batch_size: int = 16) -> np.ndarray:
     """Features of every PNG under folder (class sub-folders or flat), cached by file contents when asked."""
-    files = _spread_subset([p for p, _ in list_roi_files(folder)], max_images)
+    files = _spread_subset([p for p, _ in list_image_files(folder)], max_images)
     cache_file = None
     if cache_dir is not None:
         digest = hashlib.sha256(extractor.identity.encode())

@@ -1,0 +1,149 @@
+"""What every object BraNet-PACS derives from a source image shares: equipment, UIDs, the reference header and
+laterality. `seg.py` and `sr.py` build on this module and never on each other.
+
+Output UIDs are deterministic (PS3.5 9 allows any scheme that keeps them unique): each one is derived from what
+identifies the object — the source SOP Instance UID, the analysed frame, the object kind and the model identity
+(models, weights checksums and analysis settings) — under the configured root (`[output] uid_root`). A redone
+analysis (a crash, a retry, a second re-analysis run, another engine) therefore makes the same objects, and storing
+them again is idempotent: an archive keeps one copy per SOP Instance UID.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid
+from dataclasses import dataclass
+
+import pydicom
+from pydicom.uid import generate_uid
+
+import branet_pacs
+from branet_pacs.config import UUID_UID_ROOT, OutputSettings
+from branet_pacs.dicom.pixels import PIXEL_TAGS
+from branet_pacs.types import BreastImage, ModelIdentity
+
+MODEL_NAME = "BraNet-PACS"  # ManufacturerModelName of every object we write
+
+# The namespace of BraNet-PACS name-based UUIDs (fixed forever: changing it changes every output UID).
+UID_NAMESPACE = uuid.UUID("4b337fab-b7c9-4a5d-8fc9-63123e5cb9b6")
+_ORG_ROOT = re.compile(r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*\.$")
+MAX_ORG_ROOT = 40   # leaves at least 24 digits of hash in a 64-character UID
+
+# Patient / study attributes of Type 2 in the Patient and General Study modules: present (maybe empty) in every
+# object we write, also when the source omits them (highdicom reads them from the source).
+_TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName",
+                        "StudyID", "AccessionNumber", "StudyDate", "StudyTime")
+
+
+# ----------------------------------------------------------------------------------------------------- equipment
+
+@dataclass(frozen=True)
+class Equipment:
+    """General / Enhanced General Equipment values of the objects BraNet-PACS writes."""
+
+    manufacturer: str
+    model_name: str
+    software_versions: tuple[str, ...]
+    serial_number: str
+    algorithm_name: str
+    algorithm_version: str
+
+
+def equipment(models: ModelIdentity) -> Equipment:
+    """Manufacturer, model and software versions naming the package and the model version (LO: 64 chars)."""
+    versions = (f"{branet_pacs.ALGORITHM_NAME} {branet_pacs.__version__}", models.software_version)
+    return Equipment(
+        manufacturer=branet_pacs.MANUFACTURER,
+        model_name=MODEL_NAME,
+        software_versions=tuple(v[:64] for v in versions),   # LO
+        serial_number=f"{branet_pacs.ALGORITHM_NAME}-{branet_pacs.__version__}"[:64],
+        algorithm_name=branet_pacs.ALGORITHM_NAME,
+        algorithm_version=str(models.algorithm_version)[:64],
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- UIDs
+
+def check_uid_root(root: str) -> str:
+    """`root` when it is "2.25" or an organisation root ending in "." of at most 40 characters; else ValueError."""
+    if root == UUID_UID_ROOT or (_ORG_ROOT.match(root) and len(root) <= MAX_ORG_ROOT):
+        return root
+    raise ValueError(f"[output] uid_root {root!r}: use \"{UUID_UID_ROOT}\" (UUID-derived UIDs) or an organisation "
+                     f"root of digits and dots ending in '.', at most {MAX_ORG_ROOT} characters")
+
+
+def derive_uid(root: str, *parts: str) -> str:
+    """A UID that depends only on `parts` (and the root): "2.25.<UUIDv5 as integer>" or root + hash digits."""
+    check_uid_root(root)
+    if root == UUID_UID_ROOT:
+        name = "\x1f".join(parts)
+        return f"{UUID_UID_ROOT}.{uuid.uuid5(UID_NAMESPACE, name).int}"
+    return str(generate_uid(prefix=root, entropy_srcs=list(parts)))
+
+
+def series_uid(settings: OutputSettings, image: BreastImage, kind: str, models: ModelIdentity) -> str:
+    """One output series per study, object kind ("SEG"/"SR") and equipment identity (package + model version), so
+    every image of a study analysed by the same software and model lands in one SEG series and one SR series
+    (series-level attributes such as Software Versions then agree within each series)."""
+    eq = equipment(models)
+    return derive_uid(settings.uid_root, "series", image.study_instance_uid, kind, eq.manufacturer,
+                      *eq.software_versions, models.settings)
+
+
+def instance_uid(settings: OutputSettings, image: BreastImage, kind: str, models: ModelIdentity) -> str:
+    """The SOP Instance UID of the `kind` object made from one analysed frame of one source instance."""
+    return derive_uid(settings.uid_root, "instance", image.sop_instance_uid, str(image.frame_number or 0), kind,
+                      models.fingerprint)
+
+
+def tracking_uid(settings: OutputSettings, image: BreastImage, finding_index: int, models: ModelIdentity) -> str:
+    """Tracking UID of finding N: the same in the SEG segment and the SR measurement group that describe it."""
+    return derive_uid(settings.uid_root, "tracking", image.sop_instance_uid, str(image.frame_number or 0),
+                      str(finding_index), models.fingerprint)
+
+
+def content_uid(settings: OutputSettings, image: BreastImage, kind: str, purpose: str,
+                models: ModelIdentity) -> str:
+    """Any other UID inside an output object (e.g. a SEG's Dimension Organization UID)."""
+    return derive_uid(settings.uid_root, purpose, image.sop_instance_uid, str(image.frame_number or 0), kind,
+                      models.fingerprint)
+
+
+def device_uid() -> str:
+    """Device Observer UID of the SR observer context: one per package version."""
+    return derive_uid(UUID_UID_ROOT, "device", branet_pacs.ALGORITHM_NAME, branet_pacs.__version__)
+
+
+# ------------------------------------------------------------------------------------------- source and laterality
+
+def laterality(ds: pydicom.Dataset) -> str | None:
+    """"L" or "R" from ImageLaterality, else Laterality; None for absent, both ("B") or unpaired ("U")."""
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(keyword, "") or "").strip().upper()
+        if value in ("L", "R"):
+            return value
+    return None
+
+
+def source_for_reference(image: BreastImage) -> pydicom.Dataset:
+    """A copy of the source header that derived objects can be built from.
+
+    Pixel data is left out (only references are built from it). Missing Type 2 patient/study attributes become
+    empty: highdicom copies them, and the SEG and SR IODs require them present.
+    """
+    source = pydicom.Dataset()
+    for element in image.dataset:
+        if element.tag not in PIXEL_TAGS:
+            source.add(copy.deepcopy(element))
+    for keyword in _TYPE2_PATIENT_STUDY:
+        if keyword not in source:
+            setattr(source, keyword, "")
+    return source
+
+
+def referenced_frames(image: BreastImage) -> list[int] | None:
+    """Referenced Frame Number for references to the source: only for multi-frame sources."""
+    if "NumberOfFrames" not in image.dataset and image.frame_number is None:
+        return None
+    return [int(image.frame_number or 1)]

@@ -1,0 +1,222 @@
+"""Model cards: MODEL_CARD.md for the classifier (`write_model_card`) and the lesion detector
+(`write_detector_card`), written from their metrics documents (so a card can be regenerated from metrics.json)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from branet_pacs.datasets.readers import citation_of
+from branet_pacs.evaluation import metrics as M
+
+SEGMENTATION_REPORT = "proposals_litemedsam.json"   # written by `branet evaluate-proposals`, read into the card
+
+# What each dataset's classifier ROIs are, after its citation.
+DATASET_NOTES = {
+    "busi": ("Benign and malignant images of the 80 % development split; one ROI per lesion mask; images with "
+             "identical pixels share a fold group."),
+    "mias": ("One ROI per abnormality with a centre (centre ± radius, at least 24 px), NORM films and lesions without "
+             "a centre excluded; folds grouped by patient (left/right films of one woman never split)."),
+}
+
+
+def _dataset_text(dataset: str) -> str:
+    return f"{citation_of(dataset)} {DATASET_NOTES.get(dataset, '')}".strip()
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _views_text(settings: dict) -> str:
+    views = settings.get("margin_views") or ()
+    if not views:
+        return ""
+    return (f"\nOn automatically found boxes the pipeline averages p(malignant) over ROIs cut at margins "
+            f"{', '.join(str(v) for v in views)} (manifest `tta_margins`): the score then depends less on the "
+            f"box's error.")
+
+
+def _recipe_text(settings: dict) -> str:
+    jitter = float(settings.get("roi_jitter", 0.0))
+    text = f" with ROI jitter {jitter} (zoom and shift as large as an automatic box's error)" if jitter > 0 else ""
+    if float(settings.get("mixup", 0.0)) > 0:
+        text += f", mixup Beta({settings['mixup']}, {settings['mixup']})"
+    if float(settings.get("ema", 0.0)) > 0:
+        text += f", scoring and shipping an exponential moving average of the weights (decay {settings['ema']} per step)"
+    return text
+
+
+def write_model_card(path: Path, doc: dict) -> Path:
+    """MODEL_CARD.md from the metrics document (can be re-run on an existing metrics.json)."""
+    s, data, st = doc["summary"], doc["data"], doc["settings"]
+    rows = "\n".join(f"| {name.replace('_', ' ')} | {_fmt(s[name]['mean'])} ± {_fmt(s[name]['sd'])} | "
+                      f"{_fmt(doc['oof'][name])} |" for name in M.METRIC_NAMES)
+    folds = "\n".join(f"| {f['fold']} | {f['n']} ({f['n_malignant']} m) | {_fmt(f['roc_auc'])} | "
+                       f"{_fmt(f['balanced_accuracy'])} | {_fmt(f['sensitivity'])} | {_fmt(f['specificity'])} | "
+                       f"{f['best_epoch']} / {f['epochs_run']} |" for f in doc["folds"])
+    wall = doc["wall_seconds"]
+    cm = doc["oof"]["confusion_matrix"]
+    text = f"""# {doc['name']} — {doc['modality']} benign/malignant ROI classifier (version {doc['version']})
+
+**Research use only. Not a medical device; not for diagnosis.**
+
+## Model
+ResNet18 (torchvision architecture, {'initialised from ' + str(st['init']) if st.get('init') else 'random initialisation — no ImageNet weights'}), 1-channel 128×128 input,
+dropout {st['dropout']} before a 2-class head (benign, malignant). Output: p(malignant) = softmax of the head.
+Weights: `weights.safetensors` (fp16; largest probability change vs fp32 on 64 training ROIs:
+{doc['final']['fp16_max_probability_change']:.2e}). Test-time augmentation (left-right flip): {'on' if st['tta'] else 'off'}.
+
+Input: a ROI made by `branet_pacs.imaging.roi.extract_roi` — the lesion box made square, widened by a margin of
+{data['margin']} of its side, padded with black outside the image, stretched to its own 1st–99th percentiles,
+resized to 128×128 and mapped to [-1, 1]. The pipeline cuts its ROIs with the same code and margin.{_views_text(st)}
+
+## Data
+{_dataset_text(data['dataset'])}
+
+{data['n']} ROIs ({data['n_malignant']} malignant, {data['n'] - data['n_malignant']} benign) in {data['n_groups']}
+groups. Synthetic ROIs: {data['synthetic_dir'] or 'none'}.
+
+## Training
+{st['folds']}-fold {'stratified group' if data['grouped'] else 'stratified'} cross-validation (scikit-learn,
+split seed {st['seed'] if st.get('split_seed') is None else st['split_seed']}, initialisation seed {st['seed']}). Per fold: AdamW lr {st['lr']}, weight decay {st['weight_decay']}, one warm-up epoch then
+cosine decay over a cap of {st['epochs']} epochs, batch {st['batch_size']}, class-weighted cross-entropy,
+augmentation for {doc['modality']}{_recipe_text(st)} (see `branet_pacs.train.augment.augment_settings`),
+{doc['precision']} autocast on {doc['device']}; early stopping on validation ROC AUC (patience {st['patience']}),
+best-AUC weights kept. The shipped network was then retrained on all ROIs with the same schedule for
+{doc['final']['epochs']} epochs (median best epoch of the folds).
+Initial weights: {st.get('init') or 'random (no pretraining)'}.
+Training time on this machine (sum of epoch times, 2 shared CPU cores): cross-validation
+{wall['cross_validation'] / 60:.1f} min, final model {wall['final'] / 60:.1f} min.
+
+## Threshold
+{doc['threshold']:.4f} on p(malignant): {doc['threshold_method']}. Chosen on validation folds only.
+Per-fold metrics below use the threshold chosen on the other folds' out-of-fold predictions.
+Each fold's model is its best-validation-AUC epoch, so fold AUCs carry a small selection optimism; a model
+stopped blindly at {doc['final']['epochs']} epochs (as the shipped one is) scored validation AUCs of
+{', '.join(_fmt(v) for v in doc['final']['fold_val_auc_at_final_epochs'])} (mean
+{_fmt(float(np.nanmean(doc['final']['fold_val_auc_at_final_epochs'])))}, single forward pass).
+
+## Cross-validation metrics
+| metric | mean ± sd over folds | pooled out-of-fold |
+|---|---|---|
+{rows}
+
+Pooled out-of-fold confusion matrix (rows truth, columns predicted): benign [{cm[0][0]}, {cm[0][1]}],
+malignant [{cm[1][0]}, {cm[1][1]}].
+
+| fold | validation ROIs | ROC AUC | balanced acc. | sensitivity | specificity | best / run epochs |
+|---|---|---|---|---|---|---|
+{folds}
+
+Figures: `history.png` (loss/accuracy per epoch), `roc.png`, `confusion_matrix.png`.
+
+## Intended use and limitations
+Research only: ranking lesion ROIs that a reader or the lesion detector already found. It does not find lesions.
+Cross-validation estimates come from one public dataset ({data['dataset']}) and are optimistic for other
+scanners, sites and populations; the threshold is tuned for balanced sensitivity/specificity on these data and
+should be re-chosen locally. The ROI must be cut with the same code and margin. The shipped network was
+retrained on all data, so it has no held-out estimate of its own; the CV figures describe the procedure.
+"""
+    path.write_text(text)
+    return path
+
+
+# --- lesion detector -----------------------------------------------------------------------------------------
+
+def _segmentation_text(report: dict | None) -> str:
+    if not report:
+        return ("Not measured yet: `branet evaluate-proposals` writes the LiteMedSAM Dice from the out-of-fold top "
+                f"proposal vs the true box ({SEGMENTATION_REPORT}).")
+    key = next(k for k in report if k.startswith("dice_top_proposal_mean_zero_below_"))
+    by = "; ".join(f"{c}: true box {_fmt(v['dice_true_box_mean'])}, top proposal {_fmt(v['dice_top_proposal_mean'])}"
+                   f" (n={v['n']})" for c, v in report.get("by_category", {}).items())
+    sample = (f"all {report['images']} lesion images" if report["images"] == report["sampled_from"] else
+              f"{report['images']} lesion images (random sample of {report['sampled_from']}, seed {report['seed']})")
+    return (f"LiteMedSAM on {sample}, Dice against the ground-truth mask: "
+            f"**true box {_fmt(report['dice_true_box_mean'])}"
+            f"**, **top out-of-fold proposal {_fmt(report['dice_top_proposal_mean'])}** (median "
+            f"{_fmt(report['dice_top_proposal_median'])}); counting images whose top proposal scores below "
+            f"{key.rsplit('_', 1)[-1]} as 0: {_fmt(report[key])}. {by}.")
+
+
+def write_detector_card(path: Path, name: str, version: str, modality: str, kind: str, metrics: dict,
+                        segmentation: dict | None = None) -> Path:
+    """The lesion detector's MODEL_CARD.md from its metrics document (and the LiteMedSAM report when present)."""
+    cv = metrics["cross_validation"]
+    threshold = metrics["recommended_min_score"]
+    rows = []
+    for m in metrics["out_of_fold"]["by_min_score"]:
+        lesion, normal = m["lesion"], m.get("normal", {})
+        rows.append(f"| {m['min_score']:.1f} | {_fmt(lesion.get('hit_rate_iou50'))} | "
+                    f"{_fmt(lesion.get('hit_rate_iou30'))} | {_fmt(lesion.get('top1_hit_rate_iou50'))} | "
+                    f"{_fmt(lesion.get('no_proposal_fraction'))} | "
+                    f"{_fmt(lesion.get('false_proposals_per_lesion_image'))} | "
+                    f"{_fmt(normal.get('false_proposals_per_normal_image'))} |")
+    chosen = next(m for m in metrics["out_of_fold"]["by_min_score"] if m["min_score"] == threshold)
+    per_class = " ".join(
+        f"{c}: hit@0.5 {_fmt(chosen[c]['hit_rate_iou50'])} (n={chosen[c]['lesion_images']});"
+        for c in ("benign", "malignant") if c in chosen)
+    top1 = metrics["out_of_fold"]["top1_any_score"]["lesion"]
+    s = metrics["settings"]
+    ex = metrics["extraction"]
+    excluded = metrics.get("excluded_films_without_centre") or []
+    data_text = {
+        "busi": "BUSI (development 80 % split held here): benign, malignant and normal breast-ultrasound images with "
+                "lesion masks; the union of an image's masks is the target, normal images are all-background.",
+        "mias": "mini-MIAS films (development 80 % split held here): disk masks from the Info.txt centre and radius "
+                "(origin bottom-left, row = 1024 - Y); normal films are all-background; films with an abnormality "
+                f"but no centre left out ({', '.join(excluded) or 'none'}). The breast mask limits the input.",
+    }.get(kind, f"{kind}: lesion masks per image; normal images are all background.")
+    text = f"""# {name} — lesion detector ({modality}), version {version}
+
+**Research use only. Not a medical device.** Proposes lesion boxes on a whole {modality} image for the automatic
+path of `branet analyze`; a segmenter and the malignancy classifier then work on each proposal.
+
+## Model
+Small U-Net ("TinyUNet": stride-2 stem, widths {list(s['channels'])}, BatchNorm, bilinear upsampling) predicting a
+lesion-probability heatmap on the whole image letterboxed to {s['size']}x{s['size']} (2 channels: intensity stretched
+to the 1st-99th percentile of valid pixels, and the valid mask). The shipped file holds the {cv['folds']} fold
+models of the cross-validation; inference averages their heatmaps and the horizontally flipped input's.
+Candidates: local maxima of the heatmap >= min_score; region = connected pixels >= {ex['region_level']} x peak;
+box = region bounds grown by {ex['expand']} per side, mapped back to image pixels; NMS IoU {ex['nms_iou']}; top-k.
+Score = peak probability. Recommended `min_score`: **{threshold}** (the manifest threshold; fixed in advance as
+"more likely lesion than not", not tuned; the table shows the trade-off).
+
+## Data
+{data_text}
+Images: {metrics['images']} ({', '.join(f'{k} {v}' for k, v in metrics['categories'].items())}),
+{metrics['lesion_boxes']} lesion boxes. Citation: {citation_of(kind)}
+
+## Training
+BCE + batch soft-Dice loss; AdamW lr {s['lr']} (warm-up + cosine), weight decay {s['weight_decay']}, batch
+{s['batch_size']}, {s['epochs']} epochs{f", random {s['crop']}x{s['crop']} crops (lesion-centred with p={s['lesion_crop_p']})" if s['crop'] else ''};
+augmentation: horizontal flip, rotation +-10 deg, zoom 0.75-1.33, shift +-10 %, gamma, contrast, brightness, blur,
+noise. Seed {s['seed']}. CPU training time (2 shared cores): {metrics['training_seconds'] / 60:.0f} min.
+
+## Validation ({cv['folds']}-fold, {'grouped by patient, ' if cv['grouped_by_patient'] else 'grouped by identical image, ' if cv.get('grouped') else ''}stratified by category; last epoch, out-of-fold)
+A hit = a proposal with box IoU >= 0.5 (or 0.3) with a ground-truth lesion box (mask bounding box). Top-3 proposals.
+
+| min_score | hit@0.5 | hit@0.3 | top-1 hit@0.5 | no proposal | false/lesion img | false/normal img |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+At min_score {threshold}: {per_class}
+Top-1 proposal at any score: hit@0.5 {_fmt(top1['top1_hit_rate_iou50'])}, mean IoU {_fmt(top1['mean_best_iou'])}.
+Heatmap Dice (threshold 0.5, lesion images, model resolution): {_fmt(metrics['out_of_fold']['heatmap_dice_at_0.5']['mean'])}.
+The extraction settings (region level, expansion) were chosen on these out-of-fold heatmaps (12 combinations), a
+mild optimistic bias. Fold members in the ensemble are each validated here; the ensemble itself has no held-out
+estimate from this data.
+
+### Segmenting the proposal
+{_segmentation_text(segmentation)}
+
+## Intended use and limitations
+Research only: a first stage that proposes where to look. It misses lesions (see the table) and proposes false
+ones; every output needs a reader. Trained on one public dataset per modality: other scanners, presets, digital
+mammography (vs digitised film) and populations will shift its scores. {'BUSI carries no patient ids, so images of one woman may fall in different folds (optimistic). Some BUSI images show caliper marks that can act as shortcuts.' if kind == 'busi' else 'mini-MIAS is small (tens of lesions), digitised film at 200 um, with coarse circular annotations; architectural distortions and asymmetries are hard to box.'}
+"""
+    path.write_text(text)
+    return path

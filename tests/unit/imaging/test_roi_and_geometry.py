@@ -1,0 +1,49 @@
+"""The shared ROI and geometry code (`branet_pacs.imaging`), with hand-computed answers."""
+
+import numpy as np
+import pytest
+
+from branet_pacs.imaging.geometry import box_iou, mask_box, mask_outline
+from branet_pacs.imaging.roi import ROI_SIZE, extract_roi, roi_to_uint8, roi_window, uint8_to_roi
+
+
+def test_roi_window_is_square_and_widened():
+    assert roi_window((10, 20, 50, 40), margin=0.25) == (0, 0, 60, 60)   # side 40 * 1.5, centred on (30, 30)
+
+
+def test_extract_roi_shape_range_and_content():
+    image = np.zeros((200, 300), np.float32)
+    image[80:120, 130:170] = 1.0                   # bright square lesion
+    roi = extract_roi(image, (130, 80, 170, 120), margin=0.5)
+    assert roi.shape == (ROI_SIZE, ROI_SIZE) and roi.dtype == np.float32
+    assert roi.min() >= -1.0 and roi.max() <= 1.0
+    assert roi[64, 64] > 0.9 and roi[2, 2] < -0.9  # lesion in the middle, background at the corner
+
+
+def test_extract_roi_pads_outside_the_image():
+    image = np.ones((50, 50), np.float32) * 0.5
+    image[0:10, 0:10] = 1.0
+    roi = extract_roi(image, (0, 0, 10, 10), margin=1.0)  # window (-10,-10,20,20): the top-left quarter is padding
+    assert roi[5, 5] == pytest.approx(-1.0)
+
+
+def test_roi_uint8_round_trip():
+    roi = np.linspace(-1, 1, ROI_SIZE * ROI_SIZE, dtype=np.float32).reshape(ROI_SIZE, ROI_SIZE)
+    assert np.abs(uint8_to_roi(roi_to_uint8(roi)) - roi).max() <= 1 / 127.5
+
+
+def test_mask_box_and_outline():
+    mask = np.zeros((60, 80), bool)
+    mask[10:30, 20:50] = True
+    assert mask_box(mask) == (20, 10, 50, 30)
+    assert mask_box(np.zeros((5, 5), bool)) is None
+    outline = mask_outline(mask)
+    assert np.array_equal(outline[0], outline[-1])
+    assert outline[:, 0].min() >= 19 and outline[:, 0].max() <= 50
+    assert outline[:, 1].min() >= 9 and outline[:, 1].max() <= 30
+
+
+def test_box_iou():
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0

@@ -1,0 +1,377 @@
+"""Model loading and inference: runtime, manifest, ResNet18 classifier, LiteMedSAM and SAM segmenters."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from branet_pacs.models.classifier import (MalignancyClassifier, build_resnet18, clear_cache,
+                                           load_classifier_networks, save_classifier)
+from branet_pacs.models.errors import ModelUnavailable
+from branet_pacs.models.manifest import (ModelEntry, file_sha256, find_model, read_manifest, register_model,
+                                         verified_weights_path)
+from branet_pacs.models.runtime import configure_torch, select_device
+
+
+TORCH_THREADS = 2   # LiteMedSAM and SAM ViT-B: the large models of the suite (tests/conftest.py)
+
+
+def _rois(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1.0, 1.0, size=(n, 128, 128)).astype(np.float32)
+
+
+def _entry(name: str, file: str, sha: str, modality: str = "US", version: str = "1.0.0",
+           kind: str = "classifier", **kw) -> ModelEntry:
+    return ModelEntry(name=name, kind=kind, modality=modality, version=version, file=file, sha256=sha,
+                      threshold=kw.pop("threshold", 0.5), input=kw.pop("input", {"size": 128}),
+                      extra=kw.pop("extra", {}))
+
+
+def _models_dir_with_classifier(tmp_path: Path, net: torch.nn.Module, modality: str = "US",
+                                extra: dict | None = None, half: bool = True) -> Path:
+    """Test-only weights (a freshly initialised net) registered in a temporary models directory."""
+    models = tmp_path / "models"
+    weights = models / f"{modality.lower()}-test" / "weights.safetensors"
+    save_classifier(net, weights, half=half)
+    register_model(models, _entry(f"{modality.lower()}-test", str(weights.relative_to(models)),
+                                  file_sha256(weights), modality=modality, threshold=0.4, extra=extra or {}))
+    return models
+
+
+# --- runtime -------------------------------------------------------------------------------------------------
+
+def test_configure_torch_is_idempotent() -> None:
+    configure_torch(2)
+    configure_torch(2)
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ValueError):
+        configure_torch(-1)
+
+
+def test_select_device() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError):
+        select_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError):
+            select_device("cuda")
+
+
+# --- classifier network -------------------------------------------------------------------------------------
+
+def test_build_resnet18_shapes() -> None:
+    net = build_resnet18().eval()
+    assert net.conv1.in_channels == 1
+    assert isinstance(net.fc[0], torch.nn.Dropout) and net.fc[0].p == 0.5
+    with torch.inference_mode():
+        logits = net(torch.zeros(3, 1, 128, 128))
+    assert logits.shape == (3, 2)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_safetensors_round_trip(tmp_path: Path, half: bool) -> None:
+    torch.manual_seed(0)
+    net = build_resnet18().eval()
+    x = torch.from_numpy(_rois(4))[:, None]
+    path = tmp_path / "w.safetensors"
+    save_classifier(net, path, half=half)
+    assert path.read_bytes()[:8] != b"PK\x03\x04"  # not a zip/pickle torch file
+    (loaded,) = load_classifier_networks(path)
+    (again,) = load_classifier_networks(path)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    with torch.inference_mode():
+        a, b, c = net(x), loaded(x), again(x)
+    assert torch.equal(b, c)
+    if half:
+        assert torch.allclose(torch.softmax(a, 1), torch.softmax(b, 1), atol=2e-2)
+    else:
+        assert torch.equal(a, b)
+
+
+def test_load_rejects_foreign_weights(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+    path = tmp_path / "other.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(path))
+    with pytest.raises(ModelUnavailable, match="ResNet18"):
+        load_classifier_networks(path)
+    bad = tmp_path / "garbage.safetensors"
+    bad.write_bytes(b"not safetensors at all")
+    with pytest.raises(ModelUnavailable):
+        load_classifier_networks(bad)
+
+
+# --- manifest -----------------------------------------------------------------------------------------------
+
+def test_manifest_register_find_and_replace(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    assert read_manifest(models) == []
+    sha = "a" * 64
+    register_model(models, _entry("us-b", "us-b/w.safetensors", sha, version="1.0.0"))
+    register_model(models, _entry("mg-a", "mg-a/w.safetensors", sha, modality="MG"))
+    register_model(models, _entry("us-c", "us-c/w.safetensors", sha, version="1.10.0"))
+    register_model(models, _entry("us-b", "us-b/w.safetensors", sha, version="1.2.0"))  # replaces by name
+    doc = json.loads((models / "manifest.json").read_text())
+    assert [m["name"] for m in doc["models"]] == ["mg-a", "us-b", "us-c"]
+    assert [e.version for e in read_manifest(models) if e.name == "us-b"] == ["1.2.0"]
+    assert find_model(models, "classifier", "us").name == "us-c"          # 1.10.0 > 1.2.0 (numeric)
+    assert find_model(models, "classifier", "US", name="us-b").version == "1.2.0"
+    assert find_model(models, "classifier", "MG").name == "mg-a"
+    text = (models / "manifest.json").read_text()
+    register_model(models, _entry("us-b", "us-b/w.safetensors", sha, version="1.2.0"))
+    assert (models / "manifest.json").read_text() == text                  # stable formatting
+    assert sorted(p.name for p in models.iterdir()) == ["manifest.json"]   # no stray lock/temp files
+
+
+def test_manifest_missing_modality_and_kind(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        find_model(models, "classifier", "US")
+    register_model(models, _entry("us-a", "us-a/w.safetensors", "b" * 64))
+    with pytest.raises(ModelUnavailable, match="MG"):
+        find_model(models, "classifier", "MG")
+    with pytest.raises(ModelUnavailable, match="detector"):
+        find_model(models, "detector", "US")
+
+
+def test_manifest_invalid(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        _entry("x", "../outside.safetensors", "c" * 64)
+    with pytest.raises(ValueError):
+        _entry("x", "x.safetensors", "not-a-digest")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "manifest.json").write_text(json.dumps({"models": [{"name": "x"}]}))
+    with pytest.raises(ModelUnavailable, match="invalid"):
+        read_manifest(models)
+
+
+def test_verified_weights_path(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "m").mkdir(parents=True)
+    weights = models / "m" / "w.safetensors"
+    weights.write_bytes(b"weights v1")
+    entry = _entry("m", "m/w.safetensors", file_sha256(weights))
+    assert verified_weights_path(models, entry) == weights.resolve()
+    weights.write_bytes(b"weights v2, changed")
+    with pytest.raises(ModelUnavailable, match="SHA-256"):
+        verified_weights_path(models, entry)
+    weights.unlink()
+    with pytest.raises(ModelUnavailable, match="missing"):
+        verified_weights_path(models, entry)
+
+
+# --- MalignancyClassifier -----------------------------------------------------------------------------------
+
+def test_classifier_load_and_predict(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = build_resnet18().eval()
+    models = _models_dir_with_classifier(tmp_path, net, "US", half=False)
+    clf = MalignancyClassifier.load(models, "us", device="cpu")
+    assert (clf.name, clf.version, clf.threshold, clf.modality) == ("us-test", "1.0.0", 0.4, "US")
+    rois = _rois(70)  # more than one batch
+    p = clf.predict(rois, batch_size=32)
+    with torch.inference_mode():
+        expected = torch.softmax(net(torch.from_numpy(rois)[:, None]), 1)[:, 1].numpy()
+    assert p.shape == (70,) and p.dtype == np.float32
+    np.testing.assert_allclose(p, expected, atol=1e-5)
+    np.testing.assert_allclose(clf.predict(rois[:5]), p[:5], atol=1e-6)  # eval mode: no dropout noise
+    assert clf.predict(rois[0]).shape == (1,)
+    assert clf.predict(np.zeros((0, 128, 128), np.float32)).shape == (0,)
+    assert clf.label(0.4) == "malignant" and clf.label(0.39) == "benign"
+    with pytest.raises(ValueError):
+        clf.predict(np.zeros((2, 64, 64), np.float32))
+    with pytest.raises(ValueError):
+        clf.predict(np.full((1, 128, 128), 3.0, np.float32))
+    with pytest.raises(ModelUnavailable, match="MG"):
+        MalignancyClassifier.load(models, "MG", device="cpu")
+
+
+def test_classifier_tta_and_ensemble(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    nets = [build_resnet18().eval() for _ in range(2)]
+    models = _models_dir_with_classifier(tmp_path, nets, "MG", extra={"tta": True}, half=False)
+    clf = MalignancyClassifier.load(models, "MG", device="cpu")
+    assert clf.tta and clf.ensemble_size == 2
+    rois = _rois(3, seed=5)
+    x = torch.from_numpy(rois)[:, None]
+    with torch.inference_mode():
+        views = [x, torch.flip(x, dims=(-1,))]
+        expected = sum(torch.softmax(n(v), 1)[:, 1] for n in nets for v in views) / 4
+    np.testing.assert_allclose(clf.predict(rois), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(clf.predict(rois[:, :, ::-1].copy()), clf.predict(rois), atol=1e-5)
+
+
+def test_classifier_refuses_tampered_weights(tmp_path: Path) -> None:
+    clear_cache()
+    models = _models_dir_with_classifier(tmp_path, build_resnet18(), "US")
+    weights = models / "us-test" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelUnavailable, match="SHA-256"):
+        MalignancyClassifier.load(models, "US", device="cpu")
+
+
+def test_classifier_without_threshold_is_unavailable(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    weights = models / "w.safetensors"
+    save_classifier(build_resnet18(), weights)
+    register_model(models, _entry("us-nothreshold", "w.safetensors", file_sha256(weights), threshold=None))
+    with pytest.raises(ModelUnavailable, match="threshold"):
+        MalignancyClassifier.load(models, "US", device="cpu")
+
+
+# --- segmenters ---------------------------------------------------------------------------------------------
+
+from branet_pacs.config import SegmentationSettings  # noqa: E402
+from branet_pacs.imaging.geometry import mask_box  # noqa: E402
+from branet_pacs.models.segmenter import (PAPER_AMG_SETTINGS, LiteMedSAMSegmenter, SamSegmenter,  # noqa: E402
+                                          Segmenter, make_segmenter)
+
+# The slow test runs by default (about 2 min on a quiet 2-core machine); BRANET_SKIP_SLOW=1 leaves it out.
+RUN_SLOW = os.environ.get("BRANET_SKIP_SLOW", "") != "1"
+
+
+def _ellipse(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _speckled(shape: tuple[int, int], lesions: list[np.ndarray], seed: int = 0) -> np.ndarray:
+    """A bright speckled background with dark lesions, float32 in [0, 1] (a caricature of breast US)."""
+    rng = np.random.default_rng(seed)
+    image = 0.6 + 0.08 * rng.standard_normal(shape)
+    for lesion in lesions:
+        image[lesion] = 0.15 + 0.05 * rng.standard_normal(int(lesion.sum()))
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_litemedsam_segments_ellipses_with_true_boxes() -> None:
+    shape = (480, 640)                                          # wider than tall: padding at the bottom
+    lesions = [_ellipse(shape, 200, 220, 70, 110), _ellipse(shape, 360, 500, 50, 60)]
+    image = _speckled(shape, lesions)
+    boxes = [mask_box(m) for m in lesions]
+    seg = make_segmenter(SegmentationSettings(), device="cpu")
+    assert isinstance(seg, LiteMedSAMSegmenter) and isinstance(seg, Segmenter) and seg.name == "LiteMedSAM"
+    embedding = seg.embed(image)
+    assert embedding.resized_size == (192, 256)
+    masks = seg.decode(embedding, boxes)                        # both boxes in one batch, one encoding
+    assert len(masks) == 2
+    for mask, lesion in zip(masks, lesions):
+        assert mask.shape == shape and mask.dtype == bool
+        assert _dice(mask, lesion) > 0.8
+    (alone,) = seg.decode(embedding, boxes[1:])                 # batching does not change a box's mask
+    assert _dice(alone, masks[1]) > 0.99
+    assert seg.segment(image, []) == []
+    assert make_segmenter(SegmentationSettings(), device="cpu").model is seg.model   # loaded once per process
+
+
+def test_litemedsam_tall_image_mask_shape() -> None:
+    shape = (300, 170)                                          # taller than wide, odd sizes: padding at the right
+    lesion = _ellipse(shape, 120, 90, 45, 40)
+    image = _speckled(shape, [lesion], seed=1)
+    (mask,) = LiteMedSAMSegmenter("cpu").segment(image, [mask_box(lesion)])
+    assert mask.shape == shape
+    assert _dice(mask, lesion) > 0.8
+
+
+def test_segmenter_factory_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown segmenter"):
+        make_segmenter(SegmentationSettings(segmenter="unet"))
+    with pytest.raises(ModelUnavailable, match="needs a checkpoint"):
+        make_segmenter(SegmentationSettings(segmenter="sam"))
+    with pytest.raises(ModelUnavailable, match="not found"):
+        make_segmenter(SegmentationSettings(segmenter="sam", sam_checkpoint=str(tmp_path / "absent.pth")))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(ModelUnavailable, match="cannot be read"):
+        SamSegmenter(garbage, "vit_b", "cpu")
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"model": {"weight": torch.zeros(1)}, "extra": Path("x")}, pickled)  # arbitrary object: refused
+    with pytest.raises(ModelUnavailable, match="cannot be read"):
+        SamSegmenter(pickled, "vit_b", "cpu")
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"weight": torch.zeros(2, 2)}, wrong)
+    with pytest.raises(ModelUnavailable, match="does not match SAM vit_b"):
+        SamSegmenter(wrong, "vit_b", "cpu")
+    with pytest.raises(ModelUnavailable, match="unknown SAM model type"):
+        SamSegmenter(wrong, "vit_x", "cpu")
+
+
+@pytest.fixture(scope="module")
+def sam_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised ViT-B saved as a plain state dict: stands in for a user's sam_vit_b checkpoint."""
+    from segment_anything import sam_model_registry
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sam") / "sam_vit_b_random.pth"
+    torch.save(sam_model_registry["vit_b"](checkpoint=None).state_dict(), path)
+    return path
+
+
+def test_sam_loads_and_segments_a_box(sam_checkpoint: Path) -> None:
+    seg = make_segmenter(SegmentationSettings(segmenter="sam", sam_checkpoint=str(sam_checkpoint)), device="cpu")
+    assert isinstance(seg, SamSegmenter) and isinstance(seg, Segmenter) and seg.name == "SAM VIT-B"
+    shape = (90, 120)
+    image = _speckled(shape, [_ellipse(shape, 40, 60, 20, 30)], seed=2)
+    masks = seg.segment(image, [(30, 20, 90, 60), (0, 0, 120, 90)])
+    assert [m.shape for m in masks] == [shape, shape] and all(m.dtype == bool for m in masks)
+
+
+def test_sam_mask_generator_uses_paper_settings(sam_checkpoint: Path) -> None:
+    generator = SamSegmenter(sam_checkpoint, "vit_b", "cpu").mask_generator
+    assert (generator.points_per_batch, generator.pred_iou_thresh, generator.stability_score_thresh,
+            generator.stability_score_offset, generator.box_nms_thresh, generator.crop_n_layers,
+            generator.crop_nms_thresh, generator.crop_overlap_ratio, generator.crop_n_points_downscale_factor,
+            generator.min_mask_region_area, generator.output_mode) == \
+        (64, 0.88, 0.95, 1.0, 0.7, 0, 0.7, 512 / 1500, 1, 0, "binary_mask")
+    assert len(generator.point_grids) == 1 and generator.point_grids[0].shape == (32 * 32, 2)
+    assert PAPER_AMG_SETTINGS.points_per_side == 32
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RUN_SLOW, reason="BRANET_SKIP_SLOW=1: SAM ViT-B automatic masks (1024 prompts) left out")
+def test_sam_automatic_masks_paper_settings(sam_checkpoint: Path) -> None:
+    shape = (64, 96)
+    image = _speckled(shape, [_ellipse(shape, 30, 40, 15, 20)], seed=3)
+    results = SamSegmenter(sam_checkpoint, "vit_b", "cpu").automatic_masks(image)
+    assert isinstance(results, list)
+    for item in results:
+        assert item["segmentation"].shape == shape and item["segmentation"].dtype == bool
+        assert item["predicted_iou"] >= 0.88 and item["stability_score"] >= 0.95
+
+
+def test_classifier_margin_views_average_rois_cut_at_each_margin(tmp_path: Path) -> None:
+    from branet_pacs.imaging.roi import extract_roi
+
+    torch.manual_seed(3)
+    net = build_resnet18().eval()
+    models = tmp_path / "models"
+    for name, spec in (("us-plain", {"size": 128, "margin": 0.15}),
+                       ("us-views", {"size": 128, "margin": 0.15, "tta_margins": [0.05, 0.15, 0.3]})):
+        weights = models / name / "weights.safetensors"
+        save_classifier(net, weights, half=False)
+        register_model(models, _entry(name, str(weights.relative_to(models)), file_sha256(weights),
+                                      version="2.0.0" if name == "us-views" else "1.0.0", input=spec))
+    plain = MalignancyClassifier.load(models, "US", device="cpu", name="us-plain")
+    views = MalignancyClassifier.load(models, "US", device="cpu", name="us-views")
+    assert plain.margin_views == () and views.margin_views == (0.05, 0.15, 0.3)
+
+    image = np.random.default_rng(4).uniform(size=(200, 300)).astype(np.float32)
+    boxes = [(50, 60, 120, 110), (200, 20, 260, 90)]
+    single = [plain.predict(extract_roi(image, box, 0.15))[0] for box in boxes]
+    averaged = [np.mean([plain.predict(extract_roi(image, box, m))[0] for m in (0.05, 0.15, 0.3)]) for box in boxes]
+    np.testing.assert_allclose(plain.predict_boxes(image, boxes, margin=0.15), single, atol=1e-6)
+    np.testing.assert_allclose(views.predict_boxes(image, boxes, margin=0.15), averaged, atol=1e-6)
+    assert not np.allclose(single, averaged)
+    assert views.predict_boxes(image, [], margin=0.15).shape == (0,)
