@@ -31,8 +31,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import pydicom  # noqa: E402
 
-import dicom_factory as factory  # noqa: E402
 from branet_pacs.orthanc.launcher import branet_node, free_port, send_files, wait_for  # noqa: E402
+
+import dicom_factory as factory  # noqa: E402
 
 SENDER = "BENCH"
 FINAL = {"analysed", "skipped", "error", "failed"}

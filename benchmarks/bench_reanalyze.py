@@ -26,12 +26,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))   # the Orthanc harness and the synthetic DICOM factory live with the tests
 
+from branet_pacs.config import DEFAULT_MODELS_DIR, load_config  # noqa: E402
+from branet_pacs.reanalysis.archive import ConnectionOptions  # noqa: E402
+from branet_pacs.reanalysis.run import ReanalyzeOptions, reanalyze, with_models_dir  # noqa: E402
+
 import dicom_factory as factory  # noqa: E402
 import pacs_harness as harness  # noqa: E402
-
-from branet_pacs.config import DEFAULT_MODELS_DIR, load_config  # noqa: E402
-from branet_pacs.reanalysis.run import ReanalyzeOptions, reanalyze, with_models_dir  # noqa: E402
-from branet_pacs.reanalysis.archive import ConnectionOptions  # noqa: E402
 
 
 def seed(archive: harness.Archive, studies: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +56,19 @@ class SegmentationSettings:
         return modality.upper() in {m.upper() for m in self.report_best_proposal}
 
 
-# The default UID root: "2.25" makes every output UID a name-based UUID (RFC 9562 version 5, in this namespace)
-# written as a 2.25 UID (PS3.5 B.2), so it needs no registered organisation root.
+# The default UID root: "2.25" makes every output UID a name-based UUID (RFC 9562 version 5, in the project's
+# namespace) written as a 2.25 UID (PS3.5 B.2), so it needs no registered organisation root.
 UUID_UID_ROOT = "2.25"
+_ORG_ROOT = re.compile(r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*\.$")
+MAX_ORG_ROOT = 40   # leaves at least 24 digits of hash in a 64-character UID
+
+
+def check_uid_root(root: str) -> str:
+    """`root` when it is "2.25" or an organisation root ending in "." of at most 40 characters; else ValueError."""
+    if root == UUID_UID_ROOT or (_ORG_ROOT.match(root) and len(root) <= MAX_ORG_ROOT):
+        return root
+    raise ValueError(f"[output] uid_root {root!r}: use \"{UUID_UID_ROOT}\" (UUID-derived UIDs) or an organisation "
+                     f"root of digits and dots ending in '.', at most {MAX_ORG_ROOT} characters")
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,9 @@ class OutputSettings:
     seg_series_number: int = 9801
     sr_series_number: int = 9802
     institution_name: str = ""
+
+    def __post_init__(self) -> None:
+        check_uid_root(self.uid_root)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -25,8 +25,16 @@ from branet_pacs.dicom.seg import build_seg
 from branet_pacs.dicom.sr import build_sr
 from branet_pacs.imaging.geometry import box_iou, mask_box, mask_outline
 from branet_pacs.models.errors import ModelUnavailable
-from branet_pacs.types import (Box, BreastImage, Finding, ImageFailure, ImageResult, IngestOutcome, InstanceResult,
-                               ModelIdentity)
+from branet_pacs.types import (
+    Box,
+    BreastImage,
+    Finding,
+    ImageFailure,
+    ImageResult,
+    IngestOutcome,
+    InstanceResult,
+    ModelIdentity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +53,8 @@ class Prompt:
 def settings_fingerprint(config: Config) -> str:
     """What, besides the models, decides the outputs: the ingest, segmentation and output settings (not the UID
     root, which is part of every UID anyway)."""
-    text = repr((config.ingest, config.segmentation, replace(config.output, uid_root="")))
+    output = {k: v for k, v in asdict(config.output).items() if k != "uid_root"}
+    text = repr((config.ingest, config.segmentation, sorted(output.items())))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -174,7 +183,7 @@ class Analyzer:
         lap("propose")
         masks = self.segmenter().segment(image.pixels, [p.box for p in prompts]) if prompts else []
         lap("segment")
-        kept = _distinct_lesions(image, prompts, masks)
+        kept = distinct_lesions(image, prompts, masks)
         margin = self.roi_margin(image.modality)
         probabilities = classifier.predict_boxes(image.pixels, [box for _, _, box in kept], margin)
         lap("classify")
@@ -206,7 +215,7 @@ def _frame_to_image(box: Box, image: BreastImage) -> Box | None:
     return x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0
 
 
-def _distinct_lesions(image: BreastImage, prompts: Sequence[Prompt],
+def distinct_lesions(image: BreastImage, prompts: Sequence[Prompt],
                       masks: Sequence[np.ndarray]) -> list[tuple[Prompt, np.ndarray, Box]]:
     """Pair prompts with usable masks, dropping masks that duplicate a better-scored one.
 

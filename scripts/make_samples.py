@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import RLELossless, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, RLELossless
 
 US_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.6.1"
 MG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"

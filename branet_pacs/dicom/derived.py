@@ -11,7 +11,6 @@ them again is idempotent: an archive keeps one copy per SOP Instance UID.
 from __future__ import annotations
 
 import copy
-import re
 import uuid
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 import branet_pacs
-from branet_pacs.config import UUID_UID_ROOT, OutputSettings
+from branet_pacs.config import UUID_UID_ROOT, OutputSettings, check_uid_root
 from branet_pacs.dicom.pixels import PIXEL_TAGS
 from branet_pacs.types import BreastImage, ModelIdentity
 
@@ -27,8 +26,6 @@ MODEL_NAME = "BraNet-PACS"  # ManufacturerModelName of every object we write
 
 # The namespace of BraNet-PACS name-based UUIDs (fixed forever: changing it changes every output UID).
 UID_NAMESPACE = uuid.UUID("4b337fab-b7c9-4a5d-8fc9-63123e5cb9b6")
-_ORG_ROOT = re.compile(r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*\.$")
-MAX_ORG_ROOT = 40   # leaves at least 24 digits of hash in a 64-character UID
 
 # Patient / study attributes of Type 2 in the Patient and General Study modules: present (maybe empty) in every
 # object we write, also when the source omits them (highdicom reads them from the source).
@@ -64,14 +61,6 @@ def equipment(models: ModelIdentity) -> Equipment:
 
 
 # ---------------------------------------------------------------------------------------------------------- UIDs
-
-def check_uid_root(root: str) -> str:
-    """`root` when it is "2.25" or an organisation root ending in "." of at most 40 characters; else ValueError."""
-    if root == UUID_UID_ROOT or (_ORG_ROOT.match(root) and len(root) <= MAX_ORG_ROOT):
-        return root
-    raise ValueError(f"[output] uid_root {root!r}: use \"{UUID_UID_ROOT}\" (UUID-derived UIDs) or an organisation "
-                     f"root of digits and dots ending in '.', at most {MAX_ORG_ROOT} characters")
-
 
 def derive_uid(root: str, *parts: str) -> str:
     """A UID that depends only on `parts` (and the root): "2.25.<UUIDv5 as integer>" or root + hash digits."""

@@ -41,7 +41,7 @@ from branet_pacs.config import IngestRules
 from branet_pacs.dicom.derived import laterality
 from branet_pacs.dicom.pixels import PIXEL_TAGS, PixelDecodeError, frame_to_gray, number_of_frames
 from branet_pacs.imaging.breast import breast_mask
-from branet_pacs.types import BreastImage, Box, IngestOutcome, Status
+from branet_pacs.types import Box, BreastImage, IngestOutcome, Status
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,14 @@ import pydicom
 
 from branet_pacs.config import OutputSettings
 from branet_pacs.dicom import codes
-from branet_pacs.dicom.derived import (content_uid, equipment, instance_uid, series_uid, source_for_reference,
-                                       tracking_uid)
+from branet_pacs.dicom.derived import (
+    content_uid,
+    equipment,
+    instance_uid,
+    series_uid,
+    source_for_reference,
+    tracking_uid,
+)
 from branet_pacs.types import BreastImage, Finding, ModelIdentity
 
 CONTENT_LABEL = "BRANET_LESIONS"  # CS, at most 16 characters

@@ -39,8 +39,15 @@ from pydicom.sr.coding import Code
 
 from branet_pacs.config import OutputSettings
 from branet_pacs.dicom import codes
-from branet_pacs.dicom.derived import (device_uid, equipment, instance_uid, referenced_frames, series_uid,
-                                       source_for_reference, tracking_uid)
+from branet_pacs.dicom.derived import (
+    device_uid,
+    equipment,
+    instance_uid,
+    referenced_frames,
+    series_uid,
+    source_for_reference,
+    tracking_uid,
+)
 from branet_pacs.types import BreastImage, Finding, ModelIdentity
 
 # DICOM image coordinates of an array index (column, row): the centre of pixel (0, 0) is (0.5, 0.5).

@@ -30,6 +30,7 @@ from branet_pacs.config import load_config
 from branet_pacs.datasets.cases import Case
 from branet_pacs.datasets.folds import make_folds
 from branet_pacs.datasets.readers import READERS, modality_of, read_dataset
+from branet_pacs.imaging.breast import detection_region
 from branet_pacs.imaging.geometry import box_iou, mask_box
 from branet_pacs.models.manifest import find_model, verified_weights_path
 from branet_pacs.pipeline import Analyzer
@@ -49,14 +50,12 @@ class ImageScore:
 
 def breast_image(case: Case, modality: str) -> BreastImage:
     """A dataset image as the pipeline sees an ingested one (the breast mask on mammograms, as ingest makes it)."""
-    from branet_pacs.train.detector_data import valid_region
-
     pixels = case.pixels().astype(np.float32)
     h, w = pixels.shape
     header = pydicom.Dataset()
     header.SOPInstanceUID = header.StudyInstanceUID = "2.25.0"
     return BreastImage(dataset=header, pixels=pixels, modality=modality, frame_number=None, frame_shape=(h, w),
-                       region=(0, 0, w, h), breast_mask=valid_region(pixels, modality), source=case.name)
+                       region=(0, 0, w, h), breast_mask=detection_region(pixels, modality), source=case.name)
 
 
 def roi_key(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Mammogram breast foreground mask.
+"""Mammogram breast foreground mask, and the region a lesion detector may look at (`detection_region`).
 
 Method: on a copy downsampled to at most 512 px per side and lightly smoothed, threshold halfway between the
 background (air) level and Otsu's threshold. Otsu alone splits fatty from dense tissue when the air background is
@@ -50,3 +50,8 @@ def _block_mean(image: np.ndarray, step: int) -> np.ndarray:
     ph, pw = -h % step, -w % step
     padded = np.pad(image, ((0, ph), (0, pw)), mode="edge")
     return padded.reshape(padded.shape[0] // step, step, padded.shape[1] // step, step).mean(axis=(1, 3))
+
+
+def detection_region(pixels: np.ndarray, modality: str) -> np.ndarray | None:
+    """Where lesions are looked for: the breast on a mammogram (None = the whole frame, e.g. ultrasound)."""
+    return breast_mask(pixels) if modality.upper() == "MG" else None

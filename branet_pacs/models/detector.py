@@ -361,10 +361,10 @@ class LesionDetector:
 
     # --- inference ------------------------------------------------------------------------------------------------
     def _valid(self, pixels: np.ndarray, valid_mask: np.ndarray | None) -> np.ndarray | None:
-        if valid_mask is None and self.modality == "MG":
-            from branet_pacs.imaging.breast import breast_mask
+        if valid_mask is None:
+            from branet_pacs.imaging.breast import detection_region
 
-            return breast_mask(pixels)
+            return detection_region(pixels, self.modality)
         return valid_mask
 
     @torch.inference_mode()

@@ -8,8 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-from branet_pacs.orthanc.orthanc_config import (DEFAULT_TEMPLATE, ORTHANC_BINARY, PYTHON_PLUGIN, GeneratedConfig,
-                                                RunOptions, generate_config)
+from branet_pacs.orthanc.orthanc_config import (
+    DEFAULT_TEMPLATE,
+    ORTHANC_BINARY,
+    PYTHON_PLUGIN,
+    GeneratedConfig,
+    RunOptions,
+    generate_config,
+)
 
 
 def _options(args: argparse.Namespace) -> RunOptions:

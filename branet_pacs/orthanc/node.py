@@ -24,8 +24,13 @@ from branet_pacs.orthanc.changes import ChangeFeed
 from branet_pacs.orthanc.forward import Forwarder
 from branet_pacs.orthanc.rest import OrthancApi, OrthancError
 from branet_pacs.orthanc.settings import ServiceSettings
-from branet_pacs.orthanc.status import (MAX_METADATA_REASON, METADATA_REASON, METADATA_STATUS, METADATA_TIME,
-                                        ForwardState)
+from branet_pacs.orthanc.status import (
+    MAX_METADATA_REASON,
+    METADATA_REASON,
+    METADATA_STATUS,
+    METADATA_TIME,
+    ForwardState,
+)
 from branet_pacs.orthanc.store import Retry, ServiceStore
 from branet_pacs.orthanc.supervisor import WorkerSupervisor
 from branet_pacs.types import StudyState

@@ -34,8 +34,13 @@ from typing import Any
 from branet_pacs.orthanc.credentials import load_credentials
 from branet_pacs.orthanc.rest import HttpOrthanc, OrthancApi, OrthancError
 from branet_pacs.orthanc.settings import ServiceSettings
-from branet_pacs.orthanc.status import (MAX_METADATA_REASON, METADATA_MODEL_VERSION, METADATA_REASON,
-                                        METADATA_STATUS, METADATA_TIME)
+from branet_pacs.orthanc.status import (
+    MAX_METADATA_REASON,
+    METADATA_MODEL_VERSION,
+    METADATA_REASON,
+    METADATA_STATUS,
+    METADATA_TIME,
+)
 from branet_pacs.orthanc.store import InstanceRecord, OutputRecord, ServiceStore, StudyRecord
 from branet_pacs.orthanc.supervisor import SETTINGS_ENV, settings_from_env
 from branet_pacs.types import InstanceResult, InstanceSummary, Status, StudyState, StudyVerdict, study_verdict

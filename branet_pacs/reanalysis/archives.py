@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from branet_pacs.reanalysis.archive import (Archive, ConnectionOptions, parse_dicomweb, parse_dimse, parse_folder,
-                                            redact, validate_url)
+from branet_pacs.reanalysis.archive import (
+    Archive,
+    ConnectionOptions,
+    parse_dicomweb,
+    parse_dimse,
+    parse_folder,
+    redact,
+    validate_url,
+)
 from branet_pacs.reanalysis.dicomweb import DicomWebArchive
 from branet_pacs.reanalysis.dimse import DimseArchive
 from branet_pacs.reanalysis.folder import FolderArchive

@@ -2,8 +2,8 @@
 [--workers N] [--state FILE] [--force]`: re-run the current models over an archive's breast studies.
 
 SRC / DEST: dimse://AET@host:port, dicomweb+http(s)://host/path or folder:DIR (DEST defaults to `same`).
-Exit status: 0 every listed study analysed or skipped, 1 some studies ended in error or failed, 2 a source or destination cannot be
-reached (one line on stderr naming the URL and the cause) or the arguments are wrong, 130 interrupted.
+Exit status: 0 every listed study analysed or skipped, 1 some studies ended in error or failed, 2 a source or
+destination cannot be reached (one line on stderr naming the URL and the cause) or the arguments are wrong, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ import sys
 from pydicom.datadict import tag_for_keyword
 
 from branet_pacs.config import load_config
-from branet_pacs.reanalysis.archive import (DEFAULT_CALLING_AET, DEFAULT_RECEIVE_PORT, ArchiveUnreachable,
-                                            ConnectionOptions, StudyQuery, date_range, validate_url)
+from branet_pacs.reanalysis.archive import (
+    DEFAULT_CALLING_AET,
+    DEFAULT_RECEIVE_PORT,
+    ArchiveUnreachable,
+    ConnectionOptions,
+    StudyQuery,
+    date_range,
+    validate_url,
+)
 from branet_pacs.reanalysis.run import ReanalyzeOptions, Summary, reanalyze, with_models_dir
 from branet_pacs.reanalysis.state import StateBusy
 

@@ -16,9 +16,20 @@ from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session_from_user_pass
 from pydicom.dataset import Dataset
 
-from branet_pacs.reanalysis.archive import (ArchiveError, ArchiveUnreachable, ConnectionOptions, DicomWebAddress,
-                                            SeriesInfo, StudyQuery, StudyRef, SERIES_RETURN_KEYS, STUDY_RETURN_KEYS,
-                                            credentials, series_info, study_ref)
+from branet_pacs.reanalysis.archive import (
+    SERIES_RETURN_KEYS,
+    STUDY_RETURN_KEYS,
+    ArchiveError,
+    ArchiveUnreachable,
+    ConnectionOptions,
+    DicomWebAddress,
+    SeriesInfo,
+    StudyQuery,
+    StudyRef,
+    credentials,
+    series_info,
+    study_ref,
+)
 
 PAGE_SIZE = 200          # studies per QIDO-RS request
 STORE_BATCH = 16         # instances per STOW-RS request

@@ -17,13 +17,23 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, build_role, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
 from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
 
-from branet_pacs.reanalysis.archive import (ArchiveError, ArchiveUnreachable, ConnectionOptions, DimseAddress,
-                                            SeriesInfo, StudyQuery, StudyRef, SERIES_RETURN_KEYS, STUDY_RETURN_KEYS,
-                                            series_info, study_ref)
+from branet_pacs.reanalysis.archive import (
+    SERIES_RETURN_KEYS,
+    STUDY_RETURN_KEYS,
+    ArchiveError,
+    ArchiveUnreachable,
+    ConnectionOptions,
+    DimseAddress,
+    SeriesInfo,
+    StudyQuery,
+    StudyRef,
+    series_info,
+    study_ref,
+)
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,14 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from branet_pacs.reanalysis.archive import (ArchiveError, ArchiveUnreachable, SeriesInfo, StudyQuery, StudyRef,
-                                            series_info)
+from branet_pacs.reanalysis.archive import (
+    ArchiveError,
+    ArchiveUnreachable,
+    SeriesInfo,
+    StudyQuery,
+    StudyRef,
+    series_info,
+)
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,15 @@ import branet_pacs
 from branet_pacs.config import Config
 from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.models.manifest import MODALITIES, find_model
-from branet_pacs.reanalysis.archive import (Archive, ArchiveError, ArchiveUnreachable, ConnectionOptions, SeriesInfo,
-                                            StudyQuery, redact)
+from branet_pacs.reanalysis.archive import (
+    Archive,
+    ArchiveError,
+    ArchiveUnreachable,
+    ConnectionOptions,
+    SeriesInfo,
+    StudyQuery,
+    redact,
+)
 from branet_pacs.reanalysis.archives import open_archive
 from branet_pacs.reanalysis.state import StateStore, StudyRow
 from branet_pacs.reanalysis.workers import StudyJob, StudyReport, WorkerPool

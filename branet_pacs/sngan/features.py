@@ -145,8 +145,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _fid_inception(num_classes: int) -> nn.Module:
     """pytorch-fid's FID Inception (TF 2015 graph ported to torch) built without downloading anything."""
     try:
-        from pytorch_fid.inception import (FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2,
-                                           _inception_v3)
+        from pytorch_fid.inception import FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2, _inception_v3
     except ImportError as exc:  # optional dependency
         raise ModelUnavailable("pt_inception (1008-class FID) weights need the pytorch-fid package") from exc
     net = _inception_v3(num_classes=num_classes, aux_logits=False, weights=None)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from branet_pacs import __version__ as _package_version
 from branet_pacs.imaging.roi import roi_to_uint8
-from branet_pacs.sngan.networks import CLASSES, Generator, NetworkConfig, sample_latent
+from branet_pacs.sngan.networks import Generator, NetworkConfig, sample_latent
 from branet_pacs.sngan.trainer import WEIGHTS_FORMAT, load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from PIL import Image
 from safetensors.torch import save_file
+from torch import nn
 from tqdm import tqdm
 
 from branet_pacs.imaging.roi import roi_to_uint8

@@ -25,8 +25,7 @@ import numpy as np
 from branet_pacs.datasets.folds import make_folds
 from branet_pacs.datasets.readers import READERS, read_dataset
 from branet_pacs.evaluation.metrics import dice, json_safe
-from branet_pacs.evaluation.proposals import (OOF_PROPOSALS, ImageProposals, proposal_metrics,
-                                              write_oof_proposals)
+from branet_pacs.evaluation.proposals import OOF_PROPOSALS, ImageProposals, proposal_metrics, write_oof_proposals
 from branet_pacs.train.augment import augment_letterboxed
 from branet_pacs.train.detector_data import CachedSet, build_cache, sample_crops, training_cases
 

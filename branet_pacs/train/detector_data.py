@@ -16,19 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from branet_pacs.datasets.cases import Case
+from branet_pacs.imaging.breast import detection_region
 from branet_pacs.imaging.geometry import mask_box
 from branet_pacs.types import Box
 
 log = logging.getLogger(__name__)
-
-
-def valid_region(pixels: np.ndarray, modality: str) -> np.ndarray | None:
-    """Where the detector may look: the breast on a mammogram, the whole frame on ultrasound."""
-    if modality.upper() != "MG":
-        return None
-    from branet_pacs.imaging.breast import breast_mask
-
-    return breast_mask(pixels)
 
 
 def training_cases(cases: Iterable[Case]) -> list[Case]:
@@ -95,7 +87,7 @@ def build_cache(cases: Iterable[Case], size: int, modality: str, crop_to_valid: 
     inputs, targets, meta, boxes = [], [], [], []
     for index, case in enumerate(cases):
         image = case.pixels()
-        valid = valid_region(image, modality)
+        valid = detection_region(image, modality)
         x, geo = letterbox(image, valid, size, crop_to_valid)
         union = np.zeros(image.shape, dtype=bool)
         for lesion in case.lesions:

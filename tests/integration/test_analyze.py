@@ -10,12 +10,12 @@ import pydicom
 import pytest
 
 from branet_pacs.cli import main
-import validators as validate
 from branet_pacs.types import ResultRow
 
 import dicom_factory as factory
-
+import validators as validate
 from paths import REPO
+
 SAMPLES = REPO / "samples"
 pytestmark = pytest.mark.integration
 
@@ -115,3 +115,25 @@ def test_missing_weights_is_a_clear_error_not_random_weights(tmp_path):
     assert code == 1
     assert rows[0]["status"] == "error" and "model unavailable" in rows[0]["reason"]
     assert not list(out.rglob("*.dcm"))
+
+
+def test_path_bytes_and_dataset_are_one_unit_of_work_with_the_same_objects(automatic_run):
+    """The CLI, the Orthanc worker (bytes) and re-analysis hand the unit of work different inputs: the answer and
+    the output UIDs are the same, and they are those the CLI wrote (a redone analysis makes the same objects)."""
+    from branet_pacs.config import load_config
+    from branet_pacs.pipeline import Analyzer
+
+    _, out, rows = automatic_run
+    source = SAMPLES / "us-study" / "US1.dcm"
+    analyzer = Analyzer(load_config())
+    results = [analyzer.analyze_instance(source), analyzer.analyze_instance(source.read_bytes(), name="bytes"),
+               analyzer.analyze_instance(pydicom.dcmread(source))]
+    summaries = {(r.status, r.summary().findings, r.summary().model_version) for r in results}
+    assert len(summaries) == 1 and results[0].status.value == "ok"
+    uids = [[str(ds.SOPInstanceUID) for ds in r.outputs] for r in results]
+    assert uids[0] == uids[1] == uids[2] and len(uids[0]) >= 1
+    cli = [r for r in rows if Path(r["source"]).name == "US1.dcm"][0]
+    written = {pydicom.dcmread(out / cli[k]).SOPInstanceUID for k in ("seg_file", "sr_file") if cli[k]}
+    assert written == set(uids[0])
+    p = [f.p_malignant for r in results for image in r.images for f in image.findings]
+    assert max(p) - min(p) < 1e-6

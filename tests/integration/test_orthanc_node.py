@@ -14,13 +14,30 @@ import subprocess
 import pydicom
 import pytest
 
-import dicom_factory as factory
-import validators as validate
 from branet_pacs.orthanc.launcher import wait_for
 from branet_pacs.orthanc.rest import HttpOrthanc, OrthancError
-from orthanc_harness import (REPO, SENDER_AET, branet_study, download, instances_by_modality, keep_logs, metadata,
-                             plain_orthanc, referenced_sources, send, small_mg_study, small_us_study, start_branet,
-                             study_id, wait_final, write_files, write_template)
+
+import dicom_factory as factory
+import validators as validate
+from orthanc_harness import (
+    REPO,
+    SENDER_AET,
+    branet_study,
+    download,
+    instances_by_modality,
+    keep_logs,
+    metadata,
+    plain_orthanc,
+    referenced_sources,
+    send,
+    small_mg_study,
+    small_us_study,
+    start_branet,
+    study_id,
+    wait_final,
+    write_files,
+    write_template,
+)
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = REPO / "test-artifacts"

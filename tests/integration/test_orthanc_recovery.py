@@ -14,8 +14,22 @@ import pytest
 
 from branet_pacs.orthanc.launcher import wait_for
 from branet_pacs.orthanc.store import ServiceStore
-from orthanc_harness import (branet_study, download, instances_by_modality, keep_logs, metadata, referenced_sources, send,
-                             small_us_study, start_branet, study_id, wait_final, write_files, write_template)
+
+from orthanc_harness import (
+    branet_study,
+    download,
+    instances_by_modality,
+    keep_logs,
+    metadata,
+    referenced_sources,
+    send,
+    small_us_study,
+    start_branet,
+    study_id,
+    wait_final,
+    write_files,
+    write_template,
+)
 
 pytestmark = pytest.mark.integration
 MAX_ATTEMPTS = 3

@@ -29,11 +29,11 @@ from branet_pacs.reanalysis.state import StateStore
 
 import dicom_factory as factory
 import pacs_harness as harness
+from paths import REPO
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not harness.orthanc_available(), reason="Debian orthanc + orthanc-dicomweb needed")]
 
-from paths import REPO
 # The shipped models; BRANET_TEST_MODELS_DIR points elsewhere only while developing before they exist.
 MODELS = Path(os.environ.get("BRANET_TEST_MODELS_DIR") or DEFAULT_MODELS_DIR)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from branet_pacs.pipeline import Prompt, _distinct_lesions, _finding, _frame_to_image
+from branet_pacs.pipeline import Prompt, _finding, _frame_to_image, distinct_lesions
 from branet_pacs.types import BreastImage
 
 
@@ -31,7 +31,7 @@ def test_duplicate_masks_collapse_to_the_best_scored():
     c[100:150, 100:150] = True                   # another lesion
     prompts = [Prompt((10, 10, 50, 50), 0.6, "auto"), Prompt((12, 12, 52, 52), 0.9, "auto"),
                Prompt((100, 100, 150, 150), 0.7, "auto")]
-    kept = _distinct_lesions(image, prompts, [a, b, c])
+    kept = distinct_lesions(image, prompts, [a, b, c])
     assert [p.score for p, _, _ in kept] == [0.9, 0.7]
 
 
@@ -41,7 +41,7 @@ def test_empty_mask_falls_back_to_the_prompt_box_and_breast_mask_clips():
     image = image_in_frame(breast_mask=breast)
     mask = np.zeros((200, 200), bool)
     mask[20:40, 80:140] = True                   # half outside the breast
-    kept = _distinct_lesions(image, [Prompt((80, 20, 140, 40), 1.0, "box"),
+    kept = distinct_lesions(image, [Prompt((80, 20, 140, 40), 1.0, "box"),
                                      Prompt((150, 150, 180, 180), 0.5, "box")], [mask, np.zeros((200, 200), bool)])
     assert kept[0][2] == (80, 20, 100, 40)
     assert kept[1][2] == (150, 150, 180, 180)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from branet_pacs.imaging.roi import extract_roi, roi_to_uint8
 from branet_pacs.datasets.cases import load_gray
 from branet_pacs.datasets.prepare import prepare, register
+from branet_pacs.imaging.roi import extract_roi, roi_to_uint8
 
 
 def _png(path: Path, pixels: np.ndarray) -> None:

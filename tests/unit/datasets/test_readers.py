@@ -8,7 +8,8 @@ import pytest
 from branet_pacs.datasets.busi import read_busi
 from branet_pacs.datasets.folds import make_folds
 from branet_pacs.datasets.mias import patient, read_mias
-from branet_pacs.train.detector_data import build_cache, training_cases, valid_region
+from branet_pacs.imaging.breast import detection_region
+from branet_pacs.train.detector_data import build_cache, training_cases
 
 from synthetic import png
 
@@ -31,7 +32,7 @@ def test_mias_reader_flips_y_keeps_lesions_with_a_centre_and_groups_patients(tmp
     assert first.lesions[0].box == (14, 22, 26, 34) and not first.lesions[0].traced
     assert cases[1].category == "normal" and cases[1].lesions == ()
     assert first.group == cases[1].group == "patient001" and patient("mdb003") == "patient002"
-    valid = valid_region(first.pixels(), "MG")
+    valid = detection_region(first.pixels(), "MG")
     assert valid[:, :90].all() and not valid[:, 100:].any()
     assert [c.name for c in training_cases(cases)] == ["mdb001", "mdb002"]
     wide = next(iter(read_mias(tmp_path, min_radius=24)))

@@ -22,11 +22,12 @@ from pydicom.uid import (
     RLELossless,
 )
 
-import dicom_factory as factory
 from branet_pacs.config import IngestRules
 from branet_pacs.dicom.ingest import ingest
 from branet_pacs.dicom.pixels import frame_to_gray
 from branet_pacs.types import Status
+
+import dicom_factory as factory
 
 RULES = IngestRules()
 needs_dcmtk = pytest.mark.skipif(not factory.dcmtk_available(), reason="dcmtk (dcmcjpeg) not installed")

@@ -23,8 +23,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-import dicom_factory as factory
 from branet_pacs.dicom.pixels import PixelDecodeError, frame_to_gray, window
+
+import dicom_factory as factory
 
 LOSSLESS = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian,
             RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLossless, JPEGLosslessSV1)

@@ -16,15 +16,16 @@ import numpy as np
 import pydicom
 import pytest
 
-import dicom_factory as factory
 import branet_pacs
 from branet_pacs.config import OutputSettings
-import validators as validate
 from branet_pacs.dicom import codes
 from branet_pacs.dicom.seg import build_seg
 from branet_pacs.dicom.sr import build_sr
 from branet_pacs.imaging.geometry import mask_box, mask_outline
 from branet_pacs.types import BreastImage, Finding, ModelIdentity
+
+import dicom_factory as factory
+import validators as validate
 
 MODELS = ModelIdentity(classifier_name="resnet18-test", classifier_version="7.3.1-test", threshold=0.5,
                    segmenter_name="litemedsam", detector_name="detector-test", detector_version="2.0.0-test")

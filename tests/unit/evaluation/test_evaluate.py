@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from branet_pacs.models.classifier import build_resnet18, save_classifier
-from branet_pacs.models.manifest import ModelEntry, file_sha256, register_model
 from branet_pacs.datasets.prepare import prepare
 from branet_pacs.evaluation.metrics import dice_iou
 from branet_pacs.evaluation.rois import evaluate
+from branet_pacs.models.classifier import build_resnet18, save_classifier
+from branet_pacs.models.manifest import ModelEntry, file_sha256, register_model
 
 
 def _brightness_classifier(models_dir: Path, name: str = "bright-us") -> Path:

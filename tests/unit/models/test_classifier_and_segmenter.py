@@ -10,13 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from branet_pacs.models.classifier import (MalignancyClassifier, build_resnet18, clear_cache,
-                                           load_classifier_networks, save_classifier)
+from branet_pacs.models.classifier import (
+    MalignancyClassifier,
+    build_resnet18,
+    clear_cache,
+    load_classifier_networks,
+    save_classifier,
+)
 from branet_pacs.models.errors import ModelUnavailable
-from branet_pacs.models.manifest import (ModelEntry, file_sha256, find_model, read_manifest, register_model,
-                                         verified_weights_path)
+from branet_pacs.models.manifest import (
+    ModelEntry,
+    file_sha256,
+    find_model,
+    read_manifest,
+    register_model,
+    verified_weights_path,
+)
 from branet_pacs.models.runtime import configure_torch, select_device
-
 
 TORCH_THREADS = 2   # LiteMedSAM and SAM ViT-B: the large models of the suite (tests/conftest.py)
 
@@ -232,8 +242,13 @@ def test_classifier_without_threshold_is_unavailable(tmp_path: Path) -> None:
 
 from branet_pacs.config import SegmentationSettings  # noqa: E402
 from branet_pacs.imaging.geometry import mask_box  # noqa: E402
-from branet_pacs.models.segmenter import (PAPER_AMG_SETTINGS, LiteMedSAMSegmenter, SamSegmenter,  # noqa: E402
-                                          Segmenter, make_segmenter)
+from branet_pacs.models.segmenter import (  # noqa: E402
+    PAPER_AMG_SETTINGS,
+    LiteMedSAMSegmenter,
+    SamSegmenter,
+    Segmenter,
+    make_segmenter,
+)
 
 # The slow test runs by default (about 2 min on a quiet 2-core machine); BRANET_SKIP_SLOW=1 leaves it out.
 RUN_SLOW = os.environ.get("BRANET_SKIP_SLOW", "") != "1"

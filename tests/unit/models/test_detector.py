@@ -8,8 +8,16 @@ import pytest
 from scipy import ndimage
 
 from branet_pacs.imaging.geometry import box_iou
-from branet_pacs.models.detector import (DetectorSpec, LesionDetector, Proposal, TinyUNet, heatmap_to_proposals,
-                                         letterbox, model_heatmap_to_image, save_weights)
+from branet_pacs.models.detector import (
+    DetectorSpec,
+    LesionDetector,
+    Proposal,
+    TinyUNet,
+    heatmap_to_proposals,
+    letterbox,
+    model_heatmap_to_image,
+    save_weights,
+)
 from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.models.manifest import ModelEntry, file_sha256, register_model
 from branet_pacs.train.detector import DetectorTrainSettings, predict_heatmaps, train_fold

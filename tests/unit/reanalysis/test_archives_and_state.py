@@ -3,21 +3,30 @@ errors."""
 
 from __future__ import annotations
 
-
 import pytest
 
 import branet_pacs
 from branet_pacs.cli import main
-from branet_pacs.reanalysis.archive import (ArchiveUnreachable, ConnectionOptions, DicomWebAddress, SeriesInfo,
-                                            StudyQuery, StudyRef, credentials, date_range, parse_dicomweb, parse_dimse,
-                                            redact, validate_url)
+from branet_pacs.reanalysis.archive import (
+    ArchiveUnreachable,
+    ConnectionOptions,
+    DicomWebAddress,
+    SeriesInfo,
+    StudyQuery,
+    StudyRef,
+    credentials,
+    date_range,
+    parse_dicomweb,
+    parse_dimse,
+    redact,
+    validate_url,
+)
 from branet_pacs.reanalysis.folder import FolderArchive, matches
 from branet_pacs.reanalysis.run import is_branet_sr, model_kind
 from branet_pacs.reanalysis.state import StateStore
 from branet_pacs.types import StudyState
 
 import dicom_factory as factory
-
 
 # --- URLs ---------------------------------------------------------------------------------------------------------
 

@@ -16,11 +16,16 @@ from PIL import Image
 
 from branet_pacs.cli import main as branet_main
 from branet_pacs.sngan.data import load_roi_set
-from branet_pacs.sngan.features import FeatureExtractor, clean_resize, make_extractor
+from branet_pacs.sngan.features import clean_resize, make_extractor
 from branet_pacs.sngan.generate import generate, load_generator, sample
 from branet_pacs.sngan.losses import discriminator_hinge_loss, generator_hinge_loss, real_fake_accuracy
-from branet_pacs.sngan.metrics import (fid_from_features, frechet_distance, kernel_inception_distance,
-                                       polynomial_mmd2_unbiased, score_features)
+from branet_pacs.sngan.metrics import (
+    fid_from_features,
+    frechet_distance,
+    kernel_inception_distance,
+    polynomial_mmd2_unbiased,
+    score_features,
+)
 from branet_pacs.sngan.networks import Discriminator, Generator, NetworkConfig
 from branet_pacs.sngan.trainer import TrainSettings, latest_checkpoint, load_checkpoint, train
 

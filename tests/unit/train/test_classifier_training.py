@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from branet_pacs.datasets.rois import load_roi_set
 from branet_pacs.models.classifier import MalignancyClassifier
 from branet_pacs.models.manifest import file_sha256, find_model
-from branet_pacs.datasets.rois import load_roi_set
 from branet_pacs.train import cards
 from branet_pacs.train import classifier as trainer
 from branet_pacs.train.augment import augment_rois, augment_settings

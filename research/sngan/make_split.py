@@ -1,10 +1,10 @@
 """Cut BUSI benign/malignant ROIs with the project's one ROI code path and split them 80/20 by source image.
 
-    python docs/sngan/scripts/make_split.py /work/shared/data/busi /tmp/sngan-split
+    python research/sngan/make_split.py /work/shared/data/busi /tmp/sngan-split
 
-One ROI per mask file (extract_roi(image, mask_box(mask)), margin 0.15, as `branet prepare busi` does), 8-bit PNG via
-roi_to_uint8. Split: per class, source images shuffled with random.Random(0), 20 % of images to test/ (all ROIs of an
-image stay on one side). Only train/ is shown to the GAN and to the classifiers; test/ is scored once per classifier.
+One ROI per lesion mask of the BUSI reader (extract_roi(image, lesion.box), margin 0.15, as `branet prepare busi`
+does), 8-bit PNG via roi_to_uint8. Split: per class, source images shuffled with random.Random(0), 20 % of images
+to test/ (all ROIs of an image stay on one side). Only train/ is shown to the GAN and to the classifiers; test/ is scored once per classifier.
 """
 import random
 import shutil
@@ -12,24 +12,20 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from branet_pacs.imaging.geometry import mask_box
+from branet_pacs.datasets.busi import read_busi
 from branet_pacs.imaging.roi import extract_roi, roi_to_uint8
 
 
 def make_rois(src: Path, out: Path) -> None:
     for cls in ("benign", "malignant"):
         (out / cls).mkdir(parents=True, exist_ok=True)
-        for img_path in sorted((src / cls).glob("*.png")):
-            image = np.asarray(Image.open(img_path).convert("L"), dtype=np.float32) / 255.0
-            for k, mask_path in enumerate(sorted((src / cls / "masks").glob(img_path.stem + "_mask*.png"))):
-                box = mask_box(np.asarray(Image.open(mask_path).convert("L")) > 127)
-                if box is None:
-                    continue
-                stem = img_path.stem.replace(" ", "_").replace("(", "").replace(")", "")
-                Image.fromarray(roi_to_uint8(extract_roi(image, box))).save(out / cls / f"{stem}_{k}.png")
+    for case in read_busi(src, include_normal=False):
+        image = case.pixels()
+        stem = case.path.stem.replace(" ", "_").replace("(", "").replace(")", "")
+        for k, lesion in enumerate(case.lesions):
+            Image.fromarray(roi_to_uint8(extract_roi(image, lesion.box))).save(out / case.category / f"{stem}_{k}.png")
 
 
 def split(rois: Path, out: Path, test_fraction: float = 0.2, seed: int = 0) -> None:
@@ -50,7 +46,11 @@ def split(rois: Path, out: Path, test_fraction: float = 0.2, seed: int = 0) -> N
             print(part, cls, len(chosen), "images", sum(len(groups[k]) for k in chosen), "ROIs")
 
 
-if __name__ == "__main__":
-    src, out = Path(sys.argv[1]), Path(sys.argv[2])
+def main(argv: list[str]) -> None:
+    src, out = Path(argv[0]), Path(argv[1])
     make_rois(src, out / "all")
     split(out / "all", out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -3,7 +3,7 @@
 # WEIGHTS=raw (default: raw generator from the .pt checkpoint) or WEIGHTS=ema (refresh_ema.py exports)
 # usage: score_ckpts.sh FEATURES MAXIMG EPOCH...   (fakes: as many per class as the real training split has)
 set -e
-cd /work/main
+cd "$(dirname "$0")/../.."
 FEAT=$1; MAXIMG=$2; shift 2
 TAG=$(echo "$FEAT" | tr ':/' '__' | tail -c 40)
 for E in "$@"; do
