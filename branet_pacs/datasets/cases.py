@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class Case:
     site: str = ""                   # the dataset (site) the image comes from
     notes: tuple[str, ...] = ()      # what could not be read, for reports
     all_lesions_known: bool = True   # False when an abnormality of the image is not in `lesions` (no mask, no centre)
+    tags: dict[str, str] = field(default_factory=dict)   # per-image flags a dataset records (BUS-UCLM: calipers...)
 
     @property
     def complete(self) -> bool:

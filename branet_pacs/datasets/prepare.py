@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from branet_pacs.datasets.boxes import read_boxes
+from branet_pacs.datasets.bus_uclm import read_bus_uclm
 from branet_pacs.datasets.busi import read_busi
 from branet_pacs.datasets.mias import read_mias
 from branet_pacs.datasets.rois import PrepareReport, write_roi_dataset
@@ -22,6 +23,8 @@ def prepare(dataset: str, out: Path, *, src: Path | None = None, csv_path: Path 
     report = PrepareReport(dataset, str(root), margin)
     if dataset == "busi":
         cases = read_busi(root, include_normal)
+    elif dataset == "bus-uclm":
+        cases = read_bus_uclm(root, include_normal)
     elif dataset == "mias":
         cases = read_mias(root, min_radius)
     elif dataset == "boxes":
@@ -55,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     busi.add_argument("out", type=Path)
     busi.add_argument("--include-normal", action="store_true", help="also write normal/ ROIs (centre window)")
     common(busi)
+
+    uclm = kinds.add_parser("bus-uclm", help="BUS-UCLM: the BUSI layout, folds grouped by patient, info.csv flags")
+    uclm.add_argument("src", type=Path)
+    uclm.add_argument("out", type=Path)
+    uclm.add_argument("--include-normal", action="store_true", help="also write normal/ ROIs (centre window)")
+    common(uclm)
 
     mias = kinds.add_parser("mias", help="mini-MIAS: 1024x1024 films + Info.txt (origin bottom-left)")
     mias.add_argument("src", type=Path)

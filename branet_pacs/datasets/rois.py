@@ -4,8 +4,10 @@ Layout (OUT):
     OUT/<label>/<name>-<k>.png          128x128 8-bit ROI (`roi_to_uint8(extract_roi(image, box, margin))`)
     OUT/<label>/masks/<name>-<k>.png    the lesion's traced mask in the *source frame* (full image size), when the
                                         dataset has traced masks (BUSI); same file name as its ROI
-    OUT/manifest.csv                    roi_file,source,label,group,box  (box = "x0 y0 x1 y1", source frame,
-                                        source relative to SRC; group = what must never be split across folds)
+    OUT/manifest.csv                    roi_file,source,label,group,box,site,tags  (box = "x0 y0 x1 y1", source
+                                        frame, source relative to SRC; group = what must never be split across
+                                        folds; site = the dataset / hospital; tags = the dataset's per-image
+                                        flags, "name=value;...", e.g. BUS-UCLM calipers)
     OUT/prepare.json                    dataset, source root, margin, counts and skipped entries
 
 ROIs are cut through the pipeline's one ROI code path (`imaging.roi.extract_roi`). Output is deterministic: cases
@@ -32,7 +34,7 @@ from branet_pacs.types import Box
 
 MANIFEST = "manifest.csv"
 PREPARE_INFO = "prepare.json"
-MANIFEST_COLUMNS = ("roi_file", "source", "label", "group", "box")
+MANIFEST_COLUMNS = ("roi_file", "source", "label", "group", "box", "site", "tags")
 CLASSES = ("benign", "malignant")
 LABELS = {name: index for index, name in enumerate(CLASSES)}   # benign 0, malignant 1
 
@@ -63,6 +65,8 @@ class _Cut:
     group: str
     box: Box
     mask: np.ndarray | None = None   # traced mask, source frame
+    site: str = ""
+    tags: str = ""
 
 
 def format_box(box: Box) -> str:
@@ -85,6 +89,14 @@ def normal_window(path: Path) -> Box:
     return x0, y0, x0 + side, y0 + side
 
 
+def format_tags(tags: dict[str, str]) -> str:
+    return ";".join(f"{k}={v}" for k, v in sorted(tags.items()))
+
+
+def parse_tags(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(";") if "=" in item)
+
+
 def _cuts(cases: Iterable[Case], report: PrepareReport, normal_windows: bool) -> list[_Cut]:
     cuts: list[_Cut] = []
     for case in cases:
@@ -93,13 +105,14 @@ def _cuts(cases: Iterable[Case], report: PrepareReport, normal_windows: bool) ->
         stem = case.name.rsplit("/", 1)[-1]
         if not case.path.is_file():
             continue
+        where = {"site": case.site or report.dataset, "tags": format_tags(case.tags)}
         if case.category == "normal":
             if normal_windows:
-                cuts.append(_Cut(case.path, f"{stem}-1", "normal", case.group, normal_window(case.path)))
+                cuts.append(_Cut(case.path, f"{stem}-1", "normal", case.group, normal_window(case.path), **where))
             continue
         for k, lesion in enumerate(case.lesions, start=1):
             cuts.append(_Cut(case.path, f"{stem}-{k}", lesion.label, case.group, lesion.box,
-                             lesion.mask if lesion.traced else None))
+                             lesion.mask if lesion.traced else None, **where))
     return cuts
 
 
@@ -139,7 +152,8 @@ def write_roi_dataset(cases: Iterable[Case], out: Path, report: PrepareReport, f
             _save_png(cut.mask.astype(np.uint8) * 255, out / cut.label / "masks" / f"{cut.name}.png")
         report.rois[cut.label] += 1
         rows.append({"roi_file": roi_file, "source": cut.source.relative_to(source_root).as_posix(),
-                     "label": cut.label, "group": cut.group, "box": format_box(cut.box)})
+                     "label": cut.label, "group": cut.group, "box": format_box(cut.box), "site": cut.site,
+                     "tags": cut.tags})
     rows.sort(key=lambda r: r["roi_file"])
     with open(out / MANIFEST, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
@@ -188,17 +202,20 @@ def read_roi_png(path: Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RoiSet:
-    """ROIs of one folder: `files` relative to `root`, `pixels` uint8 (n, 128, 128), labels 0/1, groups.
+    """ROIs of one or more folders: `files` (relative to their folder; `site/file` when several folders are merged),
+    `pixels` uint8 (n, 128, 128), labels 0/1, fold groups, the site of each ROI and its tags.
 
     ROIs are small (16 KiB each), so a whole dataset is held as one uint8 array and batches are cut from it.
     """
 
-    root: Path
+    root: Path | None      # the folder (None for several merged folders)
     files: tuple[str, ...]
     pixels: np.ndarray
     labels: np.ndarray
     groups: tuple[str, ...]
     grouped: bool          # True when groups came from a manifest (else every ROI is its own group)
+    sites: tuple[str, ...] = ()
+    tags: tuple[dict[str, str], ...] = ()
 
     def __len__(self) -> int:
         return len(self.files)
@@ -209,12 +226,40 @@ class RoiSet:
         return uint8_to_roi(pixels)
 
 
+    def subset(self, index: np.ndarray) -> "RoiSet":
+        index = np.asarray(index)
+        return RoiSet(None, tuple(self.files[i] for i in index), self.pixels[index], self.labels[index],
+                      tuple(self.groups[i] for i in index), self.grouped, tuple(self.sites[i] for i in index),
+                      tuple(self.tags[i] for i in index))
+
+
 def load_roi_set(root: str | Path) -> RoiSet:
+    """One ROI folder. Its site is the manifest's `site` column, else the dataset prepare.json names, else the
+    folder's name."""
     root = Path(root)
     entries = list_roi_files(root)
     manifest = read_manifest(root)
+    default_site = read_prepare_info(root).get("dataset") or root.name
     files = tuple(f for f, _ in entries)
     groups = tuple(manifest[f]["group"] if f in manifest and manifest[f].get("group") else f for f in files)
+    sites = tuple((manifest.get(f, {}).get("site") or default_site) for f in files)
+    tags = tuple(parse_tags(manifest.get(f, {}).get("tags") or "") for f in files)
     pixels = np.stack([read_roi_png(root / f) for f in files])
     labels = np.array([label for _, label in entries], dtype=np.int64)
-    return RoiSet(root, files, pixels, labels, groups, grouped=bool(manifest))
+    return RoiSet(root, files, pixels, labels, groups, grouped=bool(manifest), sites=sites, tags=tags)
+
+
+def load_roi_sets(roots: Iterable[str | Path]) -> RoiSet:
+    """Several ROI folders as one set; with more than one, files and groups are prefixed by their site (a group
+    never spans two sites), and every folder must name a different site."""
+    sets = [load_roi_set(root) for root in roots]
+    if len(sets) == 1:
+        return sets[0]
+    names = [s.sites[0] if s.sites else str(s.root) for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the --data folders must be different sites, got {names}")
+    return RoiSet(None, tuple(f"{site}/{f}" for s in sets for f, site in zip(s.files, s.sites)),
+                  np.concatenate([s.pixels for s in sets]), np.concatenate([s.labels for s in sets]),
+                  tuple(f"{site}/{g}" for s in sets for g, site in zip(s.groups, s.sites)),
+                  all(s.grouped for s in sets), tuple(x for s in sets for x in s.sites),
+                  tuple(t for s in sets for t in s.tags))

@@ -23,7 +23,39 @@ DATASET_NOTES = {
 
 
 def _dataset_text(dataset: str) -> str:
-    return f"{citation_of(dataset)} {DATASET_NOTES.get(dataset, '')}".strip()
+    """Citation and description of each site ("busi+bus-uclm": both)."""
+    return "\n\n".join(f"{citation_of(name)} {DATASET_NOTES.get(name, '')}".strip() for name in dataset.split("+"))
+
+
+def _sites_text(doc: dict, loso: dict | None) -> str:
+    """The pooled threshold at each site (out of fold), and the leave-one-site-out scores when measured."""
+    by_site = doc.get("oof_by_site") or {}
+    text = ""
+    if len(by_site) > 1:
+        rows = "\n".join(f"| {site} | {m['n']} | {_fmt(m['roc_auc'])} | {_fmt(m['sensitivity'])} | "
+                          f"{_fmt(m['specificity'])} | {_fmt(m['balanced_accuracy'])} |" for site, m in by_site.items())
+        text += f"""
+## Site by site
+Out of fold, at the one threshold {doc['threshold']:.4f}:
+
+| site | ROIs | ROC AUC | sensitivity | specificity | balanced acc. |
+|---|---|---|---|---|---|
+{rows}
+"""
+    if loso:
+        rows = "\n".join(f"| {site} | {'+'.join(r['trained_on'])} | {r['n']} | {_fmt(r['roc_auc'])} | "
+                          f"{_fmt(r['balanced_accuracy'])} | {_fmt(r['sensitivity'])} | {_fmt(r['specificity'])} |"
+                          for site, r in loso["held_out"].items())
+        text += f"""
+## Leave one site out
+The same recipe trained without a site (its own grouped CV choosing epochs and threshold), then scored once on
+the site left out — a hospital it never saw:
+
+| held-out site | trained on | ROIs | ROC AUC | balanced acc. | sensitivity | specificity |
+|---|---|---|---|---|---|---|
+{rows}
+"""
+    return text
 
 
 def _fmt(value: float) -> str:
@@ -49,8 +81,9 @@ def _recipe_text(settings: dict) -> str:
     return text
 
 
-def write_model_card(path: Path, doc: dict) -> Path:
-    """MODEL_CARD.md from the metrics document (can be re-run on an existing metrics.json)."""
+def write_model_card(path: Path, doc: dict, loso: dict | None = None) -> Path:
+    """MODEL_CARD.md from the metrics document (can be re-run on an existing metrics.json), with the
+    leave-one-site-out report when one was measured for the recipe."""
     s, data, st = doc["summary"], doc["data"], doc["settings"]
     rows = "\n".join(f"| {name.replace('_', ' ')} | {_fmt(s[name]['mean'])} ± {_fmt(s[name]['sd'])} | "
                       f"{_fmt(doc['oof'][name])} |" for name in M.METRIC_NAMES)
@@ -112,10 +145,10 @@ malignant [{cm[1][0]}, {cm[1][1]}].
 {folds}
 
 Figures: `history.png` (loss/accuracy per epoch), `roc.png`, `confusion_matrix.png`.
-
+{_sites_text(doc, loso)}
 ## Intended use and limitations
 Research only: ranking lesion ROIs that a reader or the lesion detector already found. It does not find lesions.
-Cross-validation estimates come from one public dataset ({data['dataset']}) and are optimistic for other
+Cross-validation estimates come from {data['dataset'].replace('+', ' and ')} and are optimistic for other
 scanners, sites and populations; the threshold is tuned for balanced sensitivity/specificity on these data and
 should be re-chosen locally. The ROI must be cut with the same code and margin. The shipped network was
 retrained on all data, so it has no held-out estimate of its own; the CV figures describe the procedure.

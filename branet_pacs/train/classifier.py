@@ -38,7 +38,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from branet_pacs.datasets.folds import make_folds
-from branet_pacs.datasets.rois import RoiSet, load_roi_set, read_prepare_info
+from branet_pacs.datasets.rois import RoiSet, load_roi_set, load_roi_sets, read_prepare_info
 from branet_pacs.evaluation import metrics as M
 from branet_pacs.evaluation import plots
 from branet_pacs.models.classifier import MALIGNANT_CLASS, build_resnet18, load_classifier_networks, save_classifier
@@ -341,20 +341,77 @@ def _plan_signature(data: RoiSet, settings: ClassifierTrainSettings, synthetic: 
     return {"settings": keep, "files": list(data.files), "synthetic": list(synthetic.files) if synthetic else []}
 
 
-def train_model(data_dir: str | Path, out_dir: str | Path, settings: ClassifierTrainSettings, *, resume: bool = False,
-                synthetic_dir: str | Path | None = None, version: str | None = None, name: str | None = None,
-                register: bool = True) -> dict:
-    """Cross-validate, pick the threshold, train and save the shipped model; returns the metrics document."""
+DataDirs = str | Path | Sequence[str | Path]
+LOSO_REPORT = "leave-one-site-out.json"
+
+
+def _dirs(data_dirs: DataDirs) -> list[Path]:
+    return [Path(data_dirs)] if isinstance(data_dirs, (str, Path)) else [Path(d) for d in data_dirs]
+
+
+def _data_info(dirs: list[Path]) -> dict:
+    """What the ROI folders' prepare.json files say (one margin for all: ROIs must match the pipeline's)."""
+    infos = [read_prepare_info(d) for d in dirs]
+    margins = {info.get("margin") for info in infos}
+    if len(margins) > 1:
+        raise ValueError(f"the --data folders were cut with different ROI margins {sorted(map(str, margins))}")
+    return {"margin": margins.pop(), "dataset": "+".join(str(info.get("dataset", "unknown")) for info in infos),
+            "dir": ", ".join(str(d) for d in dirs)}
+
+
+def train_model(data_dirs: DataDirs, out_dir: str | Path, settings: ClassifierTrainSettings, *,
+                resume: bool = False, synthetic_dir: str | Path | None = None, version: str | None = None,
+                name: str | None = None, register: bool = True) -> dict:
+    """Cross-validate (folds grouped by patient / identical image, across every site given), pick the threshold,
+    train and save the shipped model; returns the metrics document."""
+    dirs = _dirs(data_dirs)
+    document, _ = _train(load_roi_sets(dirs), _data_info(dirs), Path(out_dir), settings, resume=resume,
+                         synthetic_dir=synthetic_dir, version=version, name=name, register=register)
+    return document
+
+
+def leave_one_site_out(data_dirs: DataDirs, out_dir: str | Path, settings: ClassifierTrainSettings, *,
+                       resume: bool = False, synthetic_dir: str | Path | None = None) -> dict:
+    """For every site: the whole procedure (grouped CV, threshold, final model) on the other sites, then the site
+    left out scored once with that model and threshold — what a hospital that was never seen would get."""
+    dirs = _dirs(data_dirs)
+    data, info, out = load_roi_sets(dirs), _data_info(dirs), Path(out_dir)
+    sites = sorted(set(data.sites))
+    if len(sites) < 2:
+        raise ValueError(f"--validate-by site needs ROIs of at least two sites, got {sites}")
+    device = select_device(settings.device)
+    report = {"sites": sites, "settings": dataclasses.asdict(settings), "held_out": {}}
+    for site in sites:
+        held = np.array([i for i, s in enumerate(data.sites) if s == site])
+        kept = np.array([i for i, s in enumerate(data.sites) if s != site])
+        log.info("leave-one-site-out: training without %s (%d ROIs), scoring %s (%d ROIs)", site, len(kept), site,
+                 len(held))
+        document, model = _train(data.subset(kept), info, out / f"without-{site}", settings, resume=resume,
+                                 synthetic_dir=synthetic_dir, register=False)
+        p = predict(model.to(device), torch.from_numpy(data.pixels[held]), device, settings.tta)
+        report["held_out"][site] = {
+            "trained_on": sorted(set(data.sites) - {site}), "n_train": int(len(kept)),
+            "train_cv_roc_auc": document["summary"]["roc_auc"]["mean"], "threshold": document["threshold"],
+            **M.binary_metrics(data.labels[held], p, document["threshold"])}
+        (out / f"without-{site}" / f"predictions-{site}.csv").write_text(
+            "file,truth,p_malignant\n" + "".join(f"{data.files[i]},{int(data.labels[i])},{q:.6f}\n"
+                                                 for i, q in zip(held, p)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LOSO_REPORT).write_text(json.dumps(M.json_safe(report), indent=2) + "\n")
+    return report
+
+
+def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSettings, *, resume: bool,
+           synthetic_dir: str | Path | None, version: str | None = None, name: str | None = None,
+           register: bool = True) -> tuple[dict, nn.Module]:
     started = time.perf_counter()
-    out = Path(out_dir)
     ckpt = out / "checkpoints"
     configure_torch(settings.threads)
     device = select_device(settings.device)
     amp = autocast_dtype(device, settings.precision)
-    data = load_roi_set(data_dir)
     synthetic = load_roi_set(synthetic_dir) if synthetic_dir else None
     if len(set(data.labels.tolist())) < 2:
-        raise ValueError(f"{data_dir} needs both benign and malignant ROIs")
+        raise ValueError(f"{data_info['dir']} needs both benign and malignant ROIs")
 
     signature = _plan_signature(data, settings, synthetic)
     sig_path = ckpt / "signature.json"
@@ -420,15 +477,15 @@ def train_model(data_dir: str | Path, out_dir: str | Path, settings: ClassifierT
     fp16_gap = float(np.max(np.abs(predict(final_model, sample, torch.device("cpu"), settings.tta)
                                    - predict(shipped, sample, torch.device("cpu"), settings.tta))))
 
-    info = read_prepare_info(data_dir)
-    margin = info.get("margin")
+    margin = data_info.get("margin")
     version = version or dt.date.today().strftime("%Y.%m.%d")
     name = name or out.name
     document = {
         "name": name, "modality": settings.modality.upper(), "version": version,
-        "data": {"dir": str(Path(data_dir)), "dataset": info.get("dataset", "unknown"), "n": len(data),
+        "data": {"dir": data_info["dir"], "dataset": data_info["dataset"], "n": len(data),
                  "n_malignant": int(ys.sum()), "grouped": data.grouped, "n_groups": len(set(data.groups)),
-                 "margin": margin, "synthetic_dir": str(synthetic_dir) if synthetic_dir else None},
+                 "margin": margin, "synthetic_dir": str(synthetic_dir) if synthetic_dir else None,
+                 "sites": sorted(set(data.sites))},
         "settings": dataclasses.asdict(settings),
         "precision": str(amp) if amp else "fp32",
         "device": str(device),
@@ -437,6 +494,9 @@ def train_model(data_dir: str | Path, out_dir: str | Path, settings: ClassifierT
         "folds": per_fold,
         "summary": M.summarise(per_fold),
         "oof": M.binary_metrics(ys, oof, threshold),
+        # the one threshold, site by site (out of fold): does it hold at every hospital?
+        "oof_by_site": {site: M.binary_metrics(ys[np.array(data.sites) == site], oof[np.array(data.sites) == site],
+                                               threshold) for site in sorted(set(data.sites))},
         "final": {"epochs": final_epochs, "history": final_history,
                   "fp16_max_probability_change": fp16_gap,
                   # what a model stopped blindly at `final_epochs` scored on each validation fold (per-epoch
@@ -462,7 +522,7 @@ def train_model(data_dir: str | Path, out_dir: str | Path, settings: ClassifierT
                    "members": 1, "cv_roc_auc": round(document["summary"]["roc_auc"]["mean"], 4),
                    "cv_balanced_accuracy": round(document["summary"]["balanced_accuracy"]["mean"], 4)})
         register_model(out.parent, entry)
-    return document
+    return document, final_model
 
 
 def classifier_input_spec(margin: float, margin_views: Sequence[float] = ()) -> dict:
@@ -489,4 +549,5 @@ def _write_outputs(out: Path, document: dict, fold_results: list[dict], ys: np.n
     plots.plot_roc(curves, out / "roc.png", threshold=document["threshold"])
     plots.plot_confusion(document["oof"]["confusion_matrix"], out / "confusion_matrix.png",
                          title=f"Out-of-fold, threshold {document['threshold']:.3f}")
-    write_model_card(out / "MODEL_CARD.md", document)
+    loso = out / LOSO_REPORT
+    write_model_card(out / "MODEL_CARD.md", document, json.loads(loso.read_text()) if loso.is_file() else None)

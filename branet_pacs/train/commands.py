@@ -29,7 +29,11 @@ def _margins(text: str) -> tuple[float, ...]:
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="k-fold cross-validated ResNet18 training; writes models/NAME")
-    p.add_argument("--data", type=Path, required=True, help="ImageFolder ROI dataset (from `branet prepare`)")
+    p.add_argument("--data", type=Path, required=True, action="append",
+                   help="ImageFolder ROI dataset (from `branet prepare`); repeat it for several sites")
+    p.add_argument("--validate-by", choices=("group", "site"), default="group",
+                   help="group (default): grouped k-fold CV over all ROIs, then the shipped model; site: leave one "
+                        "site out (train on the others, score the site left out), a report, no model")
     p.add_argument("--modality", choices=("us", "mg"), required=True)
     p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/us-resnet18")
     p.add_argument("--folds", type=int, default=5)
@@ -71,7 +75,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from branet_pacs.train.classifier import ClassifierTrainSettings, train_model
+    from branet_pacs.train.classifier import ClassifierTrainSettings, leave_one_site_out, train_model
 
     settings = ClassifierTrainSettings(
         modality=args.modality, folds=args.folds, epochs=args.epochs, patience=args.patience,
@@ -80,6 +84,14 @@ def _run_train(args: argparse.Namespace) -> int:
         precision=args.precision, init=str(args.init) if args.init else None,
         roi_jitter=args.roi_jitter, margin_views=args.margin_views, split_seed=args.split_seed,
         ema=args.ema, mixup=args.mixup)
+    if args.validate_by == "site":
+        report = leave_one_site_out(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic)
+        print(f"{'held-out site':14} {'ROIs':>5} {'ROC AUC':>8} {'bal.acc':>8} {'sens':>6} {'spec':>6}  trained on")
+        for site, r in report["held_out"].items():
+            print(f"{site:14} {r['n']:5d} {r['roc_auc']:8.4f} {r['balanced_accuracy']:8.4f} {r['sensitivity']:6.3f} "
+                  f"{r['specificity']:6.3f}  {'+'.join(r['trained_on'])} (CV AUC {r['train_cv_roc_auc']:.4f})")
+        print(f"wrote {args.out}/leave-one-site-out.json")
+        return 0
     result = train_model(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic,
                          version=args.version, name=args.name, register=not args.no_register)
     summary, pooled = result["summary"], result["oof"]

@@ -275,3 +275,40 @@ def test_init_from_one_of_our_classifiers_keeps_every_weight(tmp_path: Path) -> 
     state = trainer.initial_state(path, dropout=0.5)
     for key, value in first.state_dict().items():
         assert torch.equal(state[key], value), key
+
+
+def _site(root: Path, site: str, n: int, seed: int) -> Path:
+    _toy_rois(root, n, seed=seed, with_manifest=True)
+    (root / "prepare.json").write_text(json.dumps({"dataset": site, "margin": 0.15}))
+    return root
+
+
+def test_two_sites_pool_into_one_grouped_cv_with_per_site_figures(tmp_path: Path) -> None:
+    a, b = _site(tmp_path / "a", "site-a", 6, seed=3), _site(tmp_path / "b", "site-b", 4, seed=4)
+    settings = dataclasses.replace(SETTINGS, synthetic_ratio=0.0, epochs=1)
+    doc = train_model([a, b], tmp_path / "models" / "two-site", settings, version="0.0.1", register=False)
+    assert doc["data"]["sites"] == ["site-a", "site-b"] and doc["data"]["dataset"] == "site-a+site-b"
+    assert set(doc["oof_by_site"]) == {"site-a", "site-b"} and doc["oof_by_site"]["site-b"]["n"] == 8
+    oof = (tmp_path / "models" / "two-site" / "oof_predictions.csv").read_text()
+    assert "site-a/benign/b00.png" in oof and "site-b/benign/b00.png" in oof   # same file names, two sites
+    for plan in (tmp_path / "models" / "two-site" / "checkpoints").glob("fold*/plan.json"):
+        fold = json.loads(plan.read_text())
+        groups = lambda files: {f.rsplit("/", 1)[0] + "/" + f"g{int(f[-6:-4]) // 2}" for f in files}  # noqa: E731
+        assert not groups(fold["train"]) & groups(fold["val"]), "a group of one site never straddles folds"
+    assert "## Site by site" in (tmp_path / "models" / "two-site" / "MODEL_CARD.md").read_text()
+
+
+def test_leave_one_site_out_scores_each_site_with_a_model_that_never_saw_it(tmp_path: Path) -> None:
+    a, b = _site(tmp_path / "a", "site-a", 6, seed=5), _site(tmp_path / "b", "site-b", 6, seed=6)
+    settings = dataclasses.replace(SETTINGS, synthetic_ratio=0.0, epochs=1)
+    report = trainer.leave_one_site_out([a, b], tmp_path / "loso", settings)
+    assert set(report["held_out"]) == {"site-a", "site-b"}
+    for site, other in (("site-a", "site-b"), ("site-b", "site-a")):
+        held = report["held_out"][site]
+        assert held["trained_on"] == [other] and held["n"] == 12 and held["n_train"] == 12
+        plans = [json.loads(p.read_text()) for p in (tmp_path / "loso" / f"without-{site}").glob("checkpoints/*/plan.json")]
+        assert plans and all(not any(f.startswith(site + "/") for f in p["train"] + p["val"]) for p in plans)
+        assert (tmp_path / "loso" / f"without-{site}" / f"predictions-{site}.csv").read_text().count("\n") == 13
+    assert json.loads((tmp_path / "loso" / "leave-one-site-out.json").read_text())["sites"] == ["site-a", "site-b"]
+    with pytest.raises(ValueError, match="two sites"):
+        trainer.leave_one_site_out([a], tmp_path / "one", settings)
