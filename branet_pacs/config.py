@@ -31,6 +31,11 @@ class IngestRules:
     us_frames: str = "representative"
     # Largest number of frames decoded from one multi-frame instance when us_frames = "all".
     max_frames: int = 64
+    # Limits checked before anything is decoded (a hostile or broken file must not exhaust memory); the reason of
+    # an instance over a limit names it. Bytes count the file as stored and, when deflated, as inflated.
+    max_input_bytes: int = 1 << 30           # 1 GiB
+    max_frame_pixels: int = 100_000_000      # rows x columns of one frame (a 10,000 x 10,000 film)
+    max_instance_frames: int = 5000
 
 
 DEFAULT_MAX_FINDINGS = 3

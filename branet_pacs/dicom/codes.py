@@ -35,13 +35,14 @@ LATERALITY = {"L": LEFT, "R": RIGHT}
 SOURCE = Code("260753009", "SCT", "Source")
 
 
-def modality(value: str) -> Code:
-    """CID 29 "Acquisition Modality" code for a Modality attribute value (DCM codes are the modality itself)."""
+def modality(value: str) -> Code | None:
+    """CID 29 "Acquisition Modality" code for a Modality attribute value (DCM codes are the modality itself); None
+    for a value that is not an acquisition modality (OT, SC: the TID 1602 Modality descriptor is then left out)."""
     for keyword in dir(pydicom_codes.cid29):
         code = getattr(pydicom_codes.cid29, keyword)
         if isinstance(code, Code) and code.scheme_designator == "DCM" and code.value == value:
             return code
-    return Code(value, "DCM", value) if value else Code("OT", "DCM", "Other")
+    return None
 
 
 # --- TID 1500 Measurement Report --------------------------------------------------------------------------------
@@ -63,17 +64,17 @@ PROCEDURE_MAMMOGRAM = {
     None: Code("46339-8", "LN", "breast - unilateral mammogram"),
 }
 
-# Qualitative evaluation of each finding. Concept name DCM 111042 "Pathology" is the concept DICOM's own breast
-# CAD template (TID 4006 "Mammography CAD Single Image Finding") uses for a finding's pathology. Values are the
-# SNOMED CT qualifier values "Benign" (30807003) and "Malignant" (21594007), the benign/malignant pair DICOM lists
-# in CID 6063 "Interventional Procedure Result".
-PATHOLOGY = Code("111042", "DCM", "Pathology")
+# The algorithm's benign/malignant call on each finding. Concept name DCM 121073 "Impression": an observer's
+# interpretation of the images (PS3.16; CID 7002 "Diagnostic Imaging Report Elements"), here the device observer's
+# — an assessment, not a result. Not DCM 111042 "Pathology", which DICOM's breast CAD templates (TID 4006) use for
+# the histology of a biopsy: a reader could take "Pathology = Malignant" for a proven cancer. Values are the SNOMED
+# CT qualifier values "Benign" (30807003) and "Malignant" (21594007), the pair DICOM lists in CID 6063.
+IMPRESSION = Code("121073", "DCM", "Impression")
 BENIGN = Code("30807003", "SCT", "Benign")
 MALIGNANT = Code("21594007", "SCT", "Malignant")
 LABEL_CODES = {"benign": BENIGN, "malignant": MALIGNANT}
 # An analysed image without finding: TID 1500 row 12 "Qualitative Evaluations" (UMLS C0034375) carrying
-# "Pathology" = DCM 111286 "No abnormality" (CID 6030 "Mammography Pathology Codes", the value set TID 4006 binds to
-# "Pathology").
+# "Impression" = DCM 111286 "No abnormality" (CID 6030).
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 NO_ABNORMALITY = Code("111286", "DCM", "No abnormality")
 

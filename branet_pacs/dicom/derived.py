@@ -131,8 +131,43 @@ def source_for_reference(image: BreastImage) -> pydicom.Dataset:
     return source
 
 
+# Image SOP classes whose IOD has the Multi-frame module: only references to these may name a frame
+# (PS3.3 C.7.6.6; Referenced Frame Number is not allowed on a reference to a single-frame IOD).
+MULTI_FRAME_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.3.1",                       # Ultrasound Multi-frame Image
+    "1.2.840.10008.5.1.4.1.1.6.2",                       # Enhanced US Volume
+    "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",   # Multi-frame Single Bit / Grayscale Byte SC
+    "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4",   # Multi-frame Grayscale Word / True Color SC
+    "1.2.840.10008.5.1.4.1.1.13.1.3",                    # Breast Tomosynthesis Image
+    "1.2.840.10008.5.1.4.1.1.13.1.4", "1.2.840.10008.5.1.4.1.1.13.1.5",   # Breast Projection X-Ray
+    "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4.1",         # Enhanced CT / MR
+    "1.2.840.10008.5.1.4.1.1.12.1", "1.2.840.10008.5.1.4.1.1.12.1.1",     # X-Ray Angiographic (Enhanced)
+    "1.2.840.10008.5.1.4.1.1.12.2", "1.2.840.10008.5.1.4.1.1.12.2.1",     # X-Ray Radiofluoroscopic (Enhanced)
+    "1.2.840.10008.5.1.4.1.1.20",                        # Nuclear Medicine Image
+    "1.2.840.10008.5.1.4.1.1.77.1.1.1", "1.2.840.10008.5.1.4.1.1.77.1.2.1",   # Video Endoscopic / Microscopic
+    "1.2.840.10008.5.1.4.1.1.77.1.4.1",                  # Video Photographic
+    "1.2.840.10008.5.1.4.1.1.77.1.5.1", "1.2.840.10008.5.1.4.1.1.77.1.5.2",   # Ophthalmic Photography 8 / 16 bit
+    "1.2.840.10008.5.1.4.1.1.77.1.6",                    # VL Whole Slide Microscopy
+    "1.2.840.10008.5.1.4.1.1.481.1",                     # RT Image
+})
+
+
+def is_multi_frame(ds: pydicom.Dataset) -> bool:
+    """A reference to this instance names a frame: its SOP class is a multi-frame one (or, for a class we do not
+    know, it holds more than one frame)."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class in MULTI_FRAME_CLASSES:
+        return True
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    known = pydicom.uid.UID(sop_class).name != sop_class
+    return frames > 1 and not known
+
+
 def referenced_frames(image: BreastImage) -> list[int] | None:
-    """Referenced Frame Number for references to the source: only for multi-frame sources."""
-    if "NumberOfFrames" not in image.dataset and image.frame_number is None:
+    """Referenced Frame Number for references to the source: only for multi-frame SOP classes."""
+    if not is_multi_frame(image.dataset):
         return None
     return [int(image.frame_number or 1)]

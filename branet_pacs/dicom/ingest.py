@@ -1,6 +1,9 @@
 """Ingest: decide per DICOM instance whether it is a breast image, and decode it into BreastImage values.
 
 Selection (rules from `IngestRules`, config [ingest]):
+  0. an instance without SOP Class, SOP Instance, Study Instance or Series Instance UID is an error naming the
+     attribute; one over a size limit (`max_input_bytes`, `max_frame_pixels`, `max_instance_frames`) is an error
+     naming the limit, found before anything is decoded;
   1. non-image objects are skipped: a SOP Class that is not an image storage class (SEG, SR, KO, PR, RT, ...),
      a non-image Modality, or no Pixel Data;
   2. `breast_modalities` (MG, US) are analysed whatever their body part, except MG "FOR PROCESSING" (skipped unless
@@ -26,6 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -35,7 +39,8 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, \
+    ImplicitVRLittleEndian
 
 from branet_pacs.config import IngestRules
 from branet_pacs.dicom.derived import laterality
@@ -57,6 +62,9 @@ NON_IMAGE_MODALITIES = frozenset({
 # SCT 76752008 Breast; SRT T-04000 Breast (retired SNOMED RT code still written by older devices)
 _BREAST_CODES = {("SCT", "76752008"), ("SRT", "T-04000"), ("SNM3", "T-04000")}
 _TOMOSYNTHESIS = UID("1.2.840.10008.5.1.4.1.1.13.1.3")   # Breast Tomosynthesis Image Storage
+# Without these an output cannot be placed in the study, nor the instance told from another.
+REQUIRED_UIDS = (("SOPClassUID", "0008,0016"), ("SOPInstanceUID", "0008,0018"), ("StudyInstanceUID", "0020,000D"),
+                 ("SeriesInstanceUID", "0020,000E"))
 
 
 # ------------------------------------------------------------------------------------------------- entry point
@@ -70,51 +78,64 @@ def ingest(source: Source, rules: IngestRules, name: str | None = None) -> Inges
         return _ingest_dataset(source, rules, name or "dataset")
     name = name or (str(source) if isinstance(source, (str, Path)) else "bytes")
     try:
-        ds, problem = read_dicom(source)
+        ds, problem = read_dicom(source, rules.max_input_bytes)
     except Exception as exc:  # defensive: read_dicom already turns known failures into messages
         ds, problem = None, f"unreadable: {type(exc).__name__}: {exc}"
     if ds is None:
-        log.warning("ingest error (input not parsed): %s", problem)
+        log.info("ingest error (input not parsed): %s", problem)
         return IngestOutcome(name, Status.ERROR, f"{name}: {problem}")
     if problem:
         header = _safe_header(ds)
-        log.warning("ingest error for SOP %s: %s", _uid(ds), problem)
+        log.info("ingest error for SOP %s: %s", _uid(ds), problem)
         return IngestOutcome(name, Status.ERROR, f"{name}: {problem}", dataset=header)
     return _ingest_dataset(ds, rules, name)
 
 
 def _ingest_dataset(ds: Dataset, rules: IngestRules, source: str) -> IngestOutcome:
+    """Outcomes are recorded (results.csv, the node's records): logged at INFO, one line, never a traceback."""
     try:
         outcome = _ingest(ds, rules, source)
     except Exception as exc:  # a malformed attribute somewhere: an error outcome, never a crash
-        log.exception("ingest error for SOP %s", _uid(ds))
+        log.debug("ingest error for SOP %s", _uid(ds), exc_info=True)
         outcome = IngestOutcome(source, Status.ERROR, f"{source}: unexpected {type(exc).__name__}: {exc}",
                                 dataset=_safe_header(ds))
-    if outcome.status is Status.SKIPPED:
-        log.info("ingest skipped SOP %s: %s", _uid(ds), outcome.reason)
-    elif outcome.status is Status.OK:
+    if outcome.status is not Status.OK:
+        log.info("ingest %s SOP %s: %s", outcome.status.value, _uid(ds), outcome.reason)
+    else:
         log.debug("ingest ok SOP %s: %d image(s)", _uid(ds), len(outcome.images))
     return outcome
 
 
 # -------------------------------------------------------------------------------------------------------- reading
 
-def read_dicom(source: str | Path | bytes) -> tuple[Dataset | None, str]:
+def read_dicom(source: str | Path | bytes, max_bytes: int | None = None) -> tuple[Dataset | None, str]:
     """(dataset, problem) for a file path or the bytes of a file: problem is "" for a complete file; dataset is
     None when nothing could be parsed.
 
     Files without the Part 10 preamble are accepted when they parse as a data set with a SOP Class UID.
     Truncation is detected from pydicom's end-of-file warnings and from a last element shorter than its length.
+    An input larger than `max_bytes` (a deflated one: once inflated) is not parsed.
     """
     if isinstance(source, bytes):
         if not source:
             return None, "empty input, not DICOM"
+        size = len(source)
     else:
         source = Path(source)
+        if not source.exists():
+            return None, "dangling symbolic link" if source.is_symlink() else "no such file"
         if not source.is_file():
-            return None, "no such file" if not source.exists() else "not a regular file"
-        if source.stat().st_size == 0:
+            return None, "not a regular file"
+        size = source.stat().st_size
+        if size == 0:
             return None, "empty file, not DICOM"
+    if max_bytes is not None:
+        if size > max_bytes:
+            return None, f"{size} bytes exceed the limit ingest.max_input_bytes = {max_bytes}"
+        inflated = _inflated_size(source, max_bytes)
+        if inflated is not None and inflated > max_bytes:
+            return None, (f"deflated data set inflates to more than {max_bytes} bytes "
+                          f"(ingest.max_input_bytes = {max_bytes})")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -133,6 +154,28 @@ def read_dicom(source: str | Path | bytes) -> tuple[Dataset | None, str]:
         return ds, f"truncated file: {short}"
     _ensure_transfer_syntax(ds)
     return ds, ""
+
+
+def _inflated_size(source: Path | bytes, limit: int) -> int | None:
+    """For a Deflated Explicit VR Little Endian file, how large its data set inflates (counting stops just past
+    `limit`, so a zip bomb costs at most that much memory, in pieces); None for any other transfer syntax."""
+    try:
+        with open(source, "rb") if isinstance(source, Path) else BytesIO(source) as handle:
+            if pydicom.filereader.read_preamble(handle, force=True) is None:
+                return None                      # no Part 10 header: not a deflated file
+            meta = pydicom.filereader._read_file_meta_info(handle)   # pydicom's reader of group 0002
+            if str(meta.get("TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:
+                return None
+            inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+            while chunk := handle.read(1 << 20):
+                total += len(inflater.decompress(chunk, limit + 1 - total))
+                while inflater.unconsumed_tail and total <= limit:
+                    total += len(inflater.decompress(inflater.unconsumed_tail, limit + 1 - total))
+                if total > limit:
+                    return total
+            return total
+    except Exception:  # not a Part 10 file, or a damaged stream: parsing reports what is wrong
+        return None
 
 
 def _stream(source: Path | bytes) -> Path | BytesIO:
@@ -185,6 +228,9 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
 
 def _ingest(ds: Dataset, rules: IngestRules, source: str) -> IngestOutcome:
     header = header_only(ds)
+    problem = missing_uids(ds) or over_limits(ds, rules)
+    if problem:
+        return IngestOutcome(source, Status.ERROR, f"{source}: {problem}", dataset=header)
     selection = select(ds, rules)
     if selection.kind is None:
         reason = f"{source}: {selection.reason}" if selection.status is Status.ERROR else selection.reason
@@ -197,16 +243,64 @@ def _ingest(ds: Dataset, rules: IngestRules, source: str) -> IngestOutcome:
         ds = copy.copy(ds)
         _ensure_transfer_syntax(ds)
 
+    slope = _number(ds.get("RescaleSlope"))
+    if slope == 0.0:
+        return IngestOutcome(source, Status.ERROR, f"{source}: RescaleSlope (0028,1053) is 0: every stored value "
+                                                   "maps to the same value, there is no image", dataset=header)
     images = []
     frames = number_of_frames(ds)
     for index in select_frames(ds, kind, rules):
         try:
             gray = frame_to_gray(ds, index)
         except PixelDecodeError as exc:
-            log.warning("ingest error for SOP %s: %s", _uid(ds), exc)
             return IngestOutcome(source, Status.ERROR, f"{source}: {exc}", dataset=header)
+        if float(gray.max()) - float(gray.min()) < NO_CONTENT:
+            where = f"frame {index + 1}" if frames > 1 else "the image"
+            return IngestOutcome(source, Status.SKIPPED, f"no image content: every pixel of {where} has the same "
+                                                         "value (blank, all black or constant)", dataset=header)
         images.append(_breast_image(header, gray, kind, index if frames > 1 else None, source))
     return IngestOutcome(source, Status.OK, "", images=tuple(images), dataset=header)
+
+
+NO_CONTENT = 1e-6   # a frame whose gray levels span less than this shows nothing
+
+
+def _number(value: object) -> float | None:
+    try:
+        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+            value = value[0]
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def missing_uids(ds: Dataset) -> str:
+    """The reason an instance lacks what every output needs (its identifying UIDs), or ""."""
+    missing = []
+    for keyword, tag in REQUIRED_UIDS:
+        try:
+            value = str(ds.get(keyword, "") or "").strip()
+        except Exception:
+            value = ""
+        if not value:
+            missing.append(f"{keyword} ({tag})")
+    return f"missing required attribute{'s' if len(missing) > 1 else ''} {', '.join(missing)}" if missing else ""
+
+
+def over_limits(ds: Dataset, rules: IngestRules) -> str:
+    """The reason an instance is too large to decode safely (frame size, frame count, pixel data bytes), or ""."""
+    rows, cols, frames = _number(ds.get("Rows")), _number(ds.get("Columns")), _number(ds.get("NumberOfFrames"))
+    if rows is not None and cols is not None and rows * cols > rules.max_frame_pixels:
+        return (f"frame of {int(rows)} x {int(cols)} = {int(rows * cols)} pixels exceeds the limit "
+                f"ingest.max_frame_pixels = {rules.max_frame_pixels}")
+    if frames is not None and frames > rules.max_instance_frames:
+        return f"NumberOfFrames {int(frames)} exceeds the limit ingest.max_instance_frames = {rules.max_instance_frames}"
+    if "PixelData" in ds:
+        element = ds.get_item("PixelData")
+        length = element.length if isinstance(element, RawDataElement) else len(element.value or b"")
+        if length not in (None, _UNDEFINED_LENGTH) and length > rules.max_input_bytes:
+            return f"Pixel Data of {length} bytes exceeds the limit ingest.max_input_bytes = {rules.max_input_bytes}"
+    return ""
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,26 @@ luminance, stretched min-max over the frame like unwindowed monochrome, so the s
 whether a device stored it as MONOCHROME2, RGB, YBR or palette colour.
 
 Decoding is pydicom 3 with whatever plugins are installed (pylibjpeg-libjpeg / -openjpeg / -rle, pyjpegls,
-python-gdcm, Pillow); pydicom tries each available plugin in turn until one succeeds. Enhanced (functional group)
-objects: rescale and window are looked up per frame, then in the shared functional groups.
+python-gdcm, Pillow); pydicom tries each available plugin in turn until one succeeds, with two exceptions:
+- JPEG 2000 is decoded by OpenJPEG (pylibjpeg-openjpeg) only: where OpenJPEG finds the codestream corrupted, another
+  decoder may still return an image, of garbage;
+- JPEG (baseline, extended, lossless) that every plugin refuses goes to dcmtk's `dcmdjpeg` (IJG libjpeg), which
+  decodes files whose scan header some vendors write wrongly (Ss/Se not 0/63 in a sequential scan) with a warning.
+Enhanced (functional group) objects: rescale and window are looked up per frame, then in the shared groups.
 """
 
 from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
-from pydicom.uid import ExplicitVRBigEndian
+from pydicom.uid import ExplicitVRBigEndian, UID
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)   # Pixel Data, Float Pixel Data, Double Float Pixel Data
 
@@ -40,6 +49,17 @@ def number_of_frames(ds: Dataset) -> int:
         return 1
 
 
+JPEG_2000 = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+                       "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"})
+JPEG_IJG = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                      "1.2.840.10008.1.2.4.70"})   # what dcmdjpeg decodes
+DCMTK_TIMEOUT_S = 120
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    return str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+
+
 def decode_frame(ds: Dataset, frame_index: int | None) -> np.ndarray:
     """Stored values of one frame (0-based; None = the only or first frame), colour converted to RGB."""
     frames = number_of_frames(ds)
@@ -48,12 +68,42 @@ def decode_frame(ds: Dataset, frame_index: int | None) -> np.ndarray:
         raise PixelDecodeError(f"frame index {index} out of range (NumberOfFrames = {frames})")
     if "PixelData" not in ds:
         raise PixelDecodeError("no Pixel Data (7FE0,0010) element")
+    ts = _transfer_syntax(ds)
+    plugin = "pylibjpeg" if ts in JPEG_2000 else ""
     try:
-        return pixel_array(ds, index=index if frames > 1 else None)
+        return pixel_array(ds, index=index if frames > 1 else None, decoding_plugin=plugin)
     except Exception as exc:  # pydicom / plugin errors come in many types
-        ts = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
-        name = getattr(ts, "name", str(ts))
-        raise PixelDecodeError(f"cannot decode pixel data ({name}): {type(exc).__name__}: {exc}") from exc
+        name = UID(ts).name if ts else "unknown transfer syntax"
+        if ts in JPEG_IJG and shutil.which("dcmdjpeg"):
+            return _dcmtk_decode(ds, index if frames > 1 else None, name, exc)
+        what = "the codestream is corrupted (OpenJPEG refuses it)" if plugin else _one_line(exc)
+        raise PixelDecodeError(f"cannot decode pixel data ({name}): {what}" +
+                               (f": {_one_line(exc)}" if plugin else "")) from exc
+
+
+def _one_line(exc: Exception) -> str:
+    """The informative line of a decoder error (pydicom lists every plugin's message on lines of their own)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = "; ".join(lines[1:]) if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+    return detail[:300]
+
+
+def _dcmtk_decode(ds: Dataset, index: int | None, name: str, first: Exception) -> np.ndarray:
+    """Decode through dcmtk's dcmdjpeg (a subprocess, list argv, timeout), then read the uncompressed copy."""
+    with tempfile.TemporaryDirectory(prefix="branet-dcmdjpeg-") as tmp:
+        source, target = Path(tmp) / "in.dcm", Path(tmp) / "out.dcm"
+        try:
+            pydicom.dcmwrite(source, ds, enforce_file_format=True)
+            done = subprocess.run(["dcmdjpeg", str(source), str(target)], capture_output=True, text=True,
+                                  timeout=DCMTK_TIMEOUT_S, check=False)
+        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            raise PixelDecodeError(f"cannot decode pixel data ({name}): {_one_line(first)}; dcmdjpeg: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+        if done.returncode != 0 or not target.is_file():
+            message = " ".join(done.stderr.split())[:200] or f"exit status {done.returncode}"
+            raise PixelDecodeError(f"cannot decode pixel data ({name}): {_one_line(first)}; dcmdjpeg: {message}")
+        decoded = pydicom.dcmread(target)
+        return pixel_array(decoded, index=index)
 
 
 def frame_to_gray(ds: Dataset, frame_index: int | None) -> np.ndarray:

@@ -18,6 +18,7 @@ from branet_pacs.dicom.derived import (
     content_uid,
     equipment,
     instance_uid,
+    is_multi_frame,
     series_uid,
     source_for_reference,
     tracking_uid,
@@ -100,6 +101,8 @@ def build_seg(image: BreastImage, findings: Sequence[Finding], models: ModelIden
         raise ValueError(f"frame {frame_number} is not a frame of the source ({_frame_count(source)} frames)")
     true_class = str(source.SOPClassUID)
     patch_frame: int | None = None
+    if "NumberOfFrames" in source and not is_multi_frame(source):
+        del source.NumberOfFrames   # a single-frame SOP class carrying the attribute: references name no frame
     geometry = hd.spatial.get_image_coordinate_system(source)
     if geometry is None and "PixelSpacing" in source:
         # Without patient geometry highdicom (0.28) copies Pixel Spacing into a Pixel Measures item without Slice

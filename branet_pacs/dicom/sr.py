@@ -16,11 +16,11 @@ Content tree (codes and the reasons for them in `branet_pacs.dicom.codes`):
             Algorithm Identification (name, model version)
             NUM Probability of cancer in %, with its own Algorithm Identification
             NUM Certainty of Finding in % (the lesion detector's confidence; automatic findings only)
-            CODE Pathology = Benign | Malignant
+            CODE Impression = Benign | Malignant (the device's assessment, codes.IMPRESSION)
             SCOORD POLYLINE Image Region (closed polygon) SELECTED FROM the source image [frame]
             IMAGE Illustration of ROI -> SEG instance, segment N
       without findings:
-        CONTAINER Qualitative Evaluations (TID 1500 row 12): CODE Pathology = No abnormality
+        CONTAINER Qualitative Evaluations (TID 1500 row 12): CODE Impression = No abnormality
 
 SCOORD coordinates: Finding.outline holds array-index (column, row) points, where index (0, 0) is the centre of
 the top-left pixel; DICOM image coordinates put that centre at (0.5, 0.5), so the SR stores outline + 0.5.
@@ -83,12 +83,11 @@ def breast_procedure(image: BreastImage) -> Code:
 def _image_library(image: BreastImage) -> hd.sr.ContentSequence:
     """TID 1600 Image Library with one entry (TID 1601/1602) for the analysed source image (frame)."""
     ds = image.dataset
-    descriptors = [
-        hd.sr.CodeContentItem(name=pydicom_codes.DCM.Modality, value=codes.modality(str(ds.get("Modality", ""))),
-                              relationship_type=Rel.HAS_ACQ_CONTEXT),
-        hd.sr.CodeContentItem(name=pydicom_codes.DCM.TargetRegion, value=codes.BREAST,
-                              relationship_type=Rel.HAS_ACQ_CONTEXT),
-    ]
+    modality = codes.modality(str(ds.get("Modality", "")))
+    descriptors = [] if modality is None else [
+        hd.sr.CodeContentItem(name=pydicom_codes.DCM.Modality, value=modality, relationship_type=Rel.HAS_ACQ_CONTEXT)]
+    descriptors.append(hd.sr.CodeContentItem(name=pydicom_codes.DCM.TargetRegion, value=codes.BREAST,
+                                             relationship_type=Rel.HAS_ACQ_CONTEXT))
     side = image.laterality
     if side is not None:
         descriptors.append(hd.sr.CodeContentItem(name=pydicom_codes.DCM.ImageLaterality,
@@ -169,7 +168,7 @@ def _measurement_group(image: BreastImage, finding: Finding, models: ModelIdenti
         algorithm_id=_algorithm(models),
         finding_sites=[site],
         measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.PATHOLOGY,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.IMPRESSION,
                                                              value=codes.LABEL_CODES[finding.label])],
     )
     if seg is not None:
@@ -196,7 +195,7 @@ def _no_finding_report(image: BreastImage, models: ModelIdentity) -> hd.sr.Conta
     content.extend(_image_library(image))
     evaluations = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type=Rel.CONTAINS)
     evaluations.ContentSequence = hd.sr.ContentSequence([
-        hd.sr.CodeContentItem(name=codes.PATHOLOGY, value=codes.NO_ABNORMALITY, relationship_type=Rel.CONTAINS),
+        hd.sr.CodeContentItem(name=codes.IMPRESSION, value=codes.NO_ABNORMALITY, relationship_type=Rel.CONTAINS),
     ])
     content.append(evaluations)
     root.ContentSequence = content

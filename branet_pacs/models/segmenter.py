@@ -98,6 +98,37 @@ class LiteMedSAMEmbedding:
         return LITE_MEDSAM_SIZE / max(self.original_size)
 
 
+def _on_feature_grid(embedding: LiteMedSAMEmbedding, region: np.ndarray) -> torch.Tensor:
+    """A source-size boolean region as weights on the 64x64 feature grid (area-averaged, padding included)."""
+    nh, nw = embedding.resized_size
+    weights = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32))[None, None]
+    weights = F.pad(F.interpolate(weights, size=(nh, nw), mode="area"),
+                    (0, LITE_MEDSAM_SIZE - nw, 0, LITE_MEDSAM_SIZE - nh))
+    grid = embedding.features.shape[-1]
+    return F.interpolate(weights, size=(grid, grid), mode="area")[0, 0].to(embedding.features.device)
+
+
+def pooled_embedding(embedding: LiteMedSAMEmbedding, mask: np.ndarray) -> np.ndarray:
+    """(512,) float32: the image embedding averaged inside a lesion mask, then in a ring around it (the mask's box
+    grown by half its size each way, the mask taken out) — what the lesion looks like, and against what."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        raise ValueError("pooled_embedding needs a non-empty mask")
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    dy, dx = (y1 - y0) // 2, (x1 - x0) // 2
+    ring = np.zeros(mask.shape, dtype=bool)
+    ring[max(0, y0 - dy):y1 + dy, max(0, x0 - dx):x1 + dx] = True
+    ring &= ~mask
+    if not ring.any():
+        ring = ~mask
+    features = embedding.features[0]
+    parts = []
+    for region in (mask, ring):
+        weights = _on_feature_grid(embedding, region)
+        parts.append((features * (weights / weights.sum().clamp(min=1e-6))).sum((1, 2)))
+    return torch.cat(parts).float().cpu().numpy()
+
+
 def _load_lite_medsam(device: torch.device) -> torch.nn.Module:
     with warnings.catch_warnings():  # the vendored TinyViT imports deprecated timm paths
         warnings.simplefilter("ignore", FutureWarning)

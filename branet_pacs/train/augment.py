@@ -29,21 +29,55 @@ class AugmentSettings:
     gamma: tuple[float, float] = (0.75, 1.35)
     speckle: float = 0.0             # sd of multiplicative noise (ultrasound speckle)
     noise: float = 0.02              # sd of additive Gaussian noise
+    # scanner changes (0 = off): what differs between machines and presets more than between lesions
+    blur: float = 0.0                # largest Gaussian blur sigma, pixels of the 128x128 ROI
+    resolution: float = 1.0          # smallest down-then-up sampling factor (a coarser probe / zoom)
+    depth_gain: float = 0.0          # largest top-to-bottom gain change (time-gain compensation), fraction
 
 
-def augment_settings(modality: str, roi_jitter: float = 0.0) -> AugmentSettings:
+def augment_settings(modality: str, roi_jitter: float = 0.0, scanner: bool = False) -> AugmentSettings:
     """US: left-right flips only (skin is at the top of every US image), speckle-like multiplicative noise.
     MG: a lesion has no up/down or rotation meaning on a film, so flips both ways and 90° turns; no speckle.
 
     `roi_jitter` > 0 widens zoom to 1/(1+j)..(1+j) and shift to j/2 of the side: ROIs cut from ground-truth boxes
     then look like ROIs cut from automatically found boxes, which are off by about that much.
+    `scanner` adds what another scanner or preset changes: blur, lower resolution, depth-dependent gain (US), and
+    wider gamma and contrast ranges.
     """
     base = AugmentSettings(speckle=0.12) if modality.lower() == "us" else \
         AugmentSettings(vflip=True, rot90=True, rotate_deg=15.0)
+    if scanner:
+        base = replace(base, gamma=(0.6, 1.65), contrast=(0.7, 1.45), blur=1.5, resolution=0.5,
+                       depth_gain=0.35 if modality.lower() == "us" else 0.0)
     if roi_jitter <= 0:
         return base
     return replace(base, scale=(min(base.scale[0], 1.0 / (1.0 + roi_jitter)), max(base.scale[1], 1.0 + roi_jitter)),
                    translate=max(base.translate, roi_jitter / 2.0))
+
+
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-sample separable Gaussian blur of (n, 1, H, W) with sigmas (n,) (0 = unchanged)."""
+    n = x.shape[0]
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (taps[None] / sigma.clamp(min=1e-3)[:, None]) ** 2)
+    kernel = kernel / kernel.sum(1, keepdim=True)
+    kernel = torch.where(sigma[:, None] < 1e-3, (taps[None] == 0).to(x.dtype), kernel)
+    y = F.pad(x.transpose(0, 1), (radius, radius, radius, radius), mode="reflect")     # (1, n, H+2r, W+2r)
+    y = F.conv2d(y, kernel[:, None, None, :], groups=n)
+    y = F.conv2d(y, kernel[:, None, :, None], groups=n)
+    return y.transpose(0, 1)
+
+
+def _coarser(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Each sample down-sampled by its factor (n,) in (0, 1] and back up (bilinear): less resolution, same size."""
+    size = x.shape[-2:]
+    out = []
+    for sample, f in zip(x, factor.tolist()):
+        small = (max(8, int(round(size[0] * f))), max(8, int(round(size[1] * f))))
+        low = F.interpolate(sample[None], size=small, mode="bilinear", align_corners=False, antialias=True)
+        out.append(F.interpolate(low, size=size, mode="bilinear", align_corners=False))
+    return torch.cat(out)
 
 
 def augment_rois(batch: torch.Tensor, settings: AugmentSettings, generator: torch.Generator) -> torch.Tensor:
@@ -78,6 +112,14 @@ def augment_rois(batch: torch.Tensor, settings: AugmentSettings, generator: torc
     brightness = uniform(-settings.brightness, settings.brightness)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast[:, None, None, None] + mean + brightness[:, None, None, None]
+    if settings.depth_gain > 0:     # gain rising or falling with depth (rows), around the middle of the ROI
+        slope = uniform(-settings.depth_gain, settings.depth_gain)[:, None, None, None]
+        rows = torch.linspace(-0.5, 0.5, x.shape[-2], device=device)[None, None, :, None]
+        x = x * (1.0 + slope * rows)
+    if settings.resolution < 1.0:
+        x = _coarser(x, uniform(settings.resolution, 1.0))
+    if settings.blur > 0:
+        x = _blur(x, uniform(0.0, settings.blur))
     if settings.speckle > 0:
         sd = uniform(0.0, settings.speckle)[:, None, None, None]
         x = x * (1.0 + sd * torch.randn(x.shape, generator=generator).to(device))

@@ -74,6 +74,8 @@ def _views_text(settings: dict) -> str:
 def _recipe_text(settings: dict) -> str:
     jitter = float(settings.get("roi_jitter", 0.0))
     text = f" with ROI jitter {jitter} (zoom and shift as large as an automatic box's error)" if jitter > 0 else ""
+    if settings.get("scanner_aug"):
+        text += ", scanner augmentation (blur, lower resolution, depth-dependent gain, wider gamma and contrast)"
     if float(settings.get("mixup", 0.0)) > 0:
         text += f", mixup Beta({settings['mixup']}, {settings['mixup']})"
     if float(settings.get("ema", 0.0)) > 0:

@@ -71,6 +71,7 @@ class ClassifierTrainSettings:
     precision: str = "auto"       # auto | fp32 | bf16 (autocast for the training step)
     init: str | None = None       # start weights (see `initial_state`), else random
     roi_jitter: float = 0.0       # extra zoom/shift augmentation emulating detector box error (see augment_settings)
+    scanner_aug: bool = False     # blur, resolution, depth gain, wider gamma/contrast: another scanner's look
     margin_views: tuple[float, ...] = ()  # ROI margins the pipeline averages at inference (manifest tta_margins)
     split_seed: int | None = None  # seed of the fold split (default: seed); fix it to compare or ensemble inits
     ema: float = 0.0              # decay of an exponential moving average of the weights (0: off); EMA is scored
@@ -233,7 +234,7 @@ def _train_epoch(run: Run, x: torch.Tensor, y: torch.Tensor, settings: Classifie
                  weights: torch.Tensor, device: torch.device, amp: torch.dtype | None) -> tuple[float, float]:
     """One pass over (x, y) uint8/int tensors on CPU; returns (mean loss, accuracy at p = 0.5)."""
     run.model.train()
-    aug = augment_settings(settings.modality, settings.roi_jitter)
+    aug = augment_settings(settings.modality, settings.roi_jitter, settings.scanner_aug)
     weights = weights.to(device)
     order = torch.randperm(x.shape[0], generator=run.generator)
     total_loss, correct, seen = 0.0, 0, 0

@@ -57,6 +57,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--roi-jitter", type=float, default=0.0,
                    help="extra zoom/shift augmentation (fraction of the ROI side) so the model tolerates the box "
                         "error of automatic lesion proposals, e.g. 0.25")
+    p.add_argument("--scanner-aug", action="store_true",
+                   help="also augment what another scanner changes: blur, lower resolution, depth-dependent gain (US), "
+                        "wider gamma and contrast")
     p.add_argument("--ema", type=float, default=0.0,
                    help="score and ship an exponential moving average of the weights with this decay per step, "
                         "e.g. 0.99 (0 = off)")
@@ -82,7 +85,8 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         synthetic_ratio=args.synthetic_ratio, device=args.device, threads=args.threads, tta=args.tta,
         precision=args.precision, init=str(args.init) if args.init else None,
-        roi_jitter=args.roi_jitter, margin_views=args.margin_views, split_seed=args.split_seed,
+        roi_jitter=args.roi_jitter, scanner_aug=args.scanner_aug, margin_views=args.margin_views,
+        split_seed=args.split_seed,
         ema=args.ema, mixup=args.mixup)
     if args.validate_by == "site":
         report = leave_one_site_out(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic)

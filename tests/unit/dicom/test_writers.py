@@ -82,6 +82,7 @@ def _sources() -> list[tuple[str, pydicom.Dataset, str, int | None, str | None, 
                          PatientBirthDate=None, PatientSex=None, AccessionNumber=None, StudyID=None,
                          ReferringPhysicianName=None)
     mg_right = factory.make_mg(rows=160, cols=128, laterality="R", seed=5)
+    sc = factory.make_dx(modality="OT", rows=120, cols=100, seed=6, NumberOfFrames=1)   # single-frame SOP class
     shape = lambda ds: (int(ds.Rows), int(ds.Columns))  # noqa: E731
     return [
         # name, source, modality, frame, side given by ingest, side expected, findings
@@ -93,6 +94,7 @@ def _sources() -> list[tuple[str, pydicom.Dataset, str, int | None, str | None, 
          [replace(ellipse_finding(1, shape(dx), (40, 40), (12, 10), 0.5), prompt="box", proposal_score=1.0),
           replace(ellipse_finding(2, shape(dx), (90, 70), (8, 16), 0.05), prompt="box", proposal_score=1.0)]),
         ("mg-right-none", mg_right, "MG", None, "R", "R", []),
+        ("sc-one-frame", sc, "MG", None, "L", "L", [at_lesion(sc, 1, 0.4)]),
     ]
 
 
@@ -116,7 +118,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
     return result
 
 
-WITH_FINDINGS = ["mg-left", "us", "us-cine-frame3", "dx-bare"]
+WITH_FINDINGS = ["mg-left", "us", "us-cine-frame3", "dx-bare", "sc-one-frame"]
 ALL_CASES = WITH_FINDINGS + ["mg-right-none"]
 
 
@@ -327,7 +329,7 @@ def test_sr_round_trip(cases: dict[str, Case], name: str) -> None:
             assert certainty == []
 
         (evaluation,) = group.get_qualitative_evaluations()
-        assert evaluation.name.value == codes.PATHOLOGY.value
+        assert evaluation.name.value == codes.IMPRESSION.value != "111042"   # an assessment, not histology
         assert evaluation.value.value == codes.LABEL_CODES[finding.label].value
 
         region = group.roi
@@ -355,7 +357,7 @@ def test_no_finding_sr_says_analysed_and_nothing_found(cases: dict[str, Case]) -
     _check_sr_header(sr, case)
     assert not _items(sr, "126010")                                 # no Imaging Measurements container
     (evaluation,) = _only(sr, codes.QUALITATIVE_EVALUATIONS.value).ContentSequence
-    assert evaluation.ConceptNameCodeSequence[0].CodeValue == codes.PATHOLOGY.value
+    assert evaluation.ConceptNameCodeSequence[0].CodeValue == codes.IMPRESSION.value
     assert evaluation.ConceptCodeSequence[0].CodeValue == codes.NO_ABNORMALITY.value
     assert hd.sr.MeasurementReport.from_sequence(sr.content).get_planar_roi_measurement_groups() == []
 
@@ -376,7 +378,7 @@ def test_sr_refuses_inconsistent_input(cases: dict[str, Case]) -> None:
 # The only warnings the validators give on our outputs, and why they stay:
 KNOWN_WARNINGS = (
     # pixelmed's 2022 TID 1410 lacks the qualitative-evaluation row that carries benign/malignant.
-    '(111042,DCM,"Pathology"): Content Item not in template',
+    '(121073,DCM,"Impression"): Content Item not in template',
     # dcentvfy files AccessionNumber under the Series IE for SR documents; the value is the study's, copied.
     "Element=<AccessionNumber> IE <Study> versus <Series>",
     # The DX source lacks these Type 2 attributes; the SEG/SR IODs require them present (empty).
@@ -430,3 +432,13 @@ def test_validators_report_failures(cases: dict[str, Case], tmp_path: Path) -> N
     broken.save_as(broken_path, enforce_file_format=True)
     report = validate.pixelmed_sr(broken_path)
     assert not report.ok and any("context group 100" in e for e in report.errors), report.output
+
+
+def test_references_to_a_single_frame_sop_class_name_no_frame(cases: dict[str, Case]) -> None:
+    """A Secondary Capture source carrying NumberOfFrames = 1 is still a single-frame IOD: no Referenced Frame
+    Number anywhere (dciodvfy reports one as an error); the US cine (multi-frame class) keeps its frame."""
+    sc = cases["sc-one-frame"]
+    for path in (sc.seg_path, sc.sr_path):
+        assert not [e for e in pydicom.dcmread(path).iterall() if e.keyword == "ReferencedFrameNumber"], path.name
+    cine = pydicom.dcmread(cases["us-cine-frame3"].sr_path)
+    assert [int(e.value) for e in cine.iterall() if e.keyword == "ReferencedFrameNumber"]
