@@ -1,5 +1,11 @@
 """`branet analyze PATH... --out DIR`: every file in, SEG + SR per breast image out, and a results.csv that says
-what happened to every file."""
+what happened to every file.
+
+Every input gets at least one row, whatever it is: a file that is not DICOM or a DICOMDIR is `skipped` with the
+reason, a dangling link, an unreadable file or a failure inside the analysis is an `error` naming the file and the
+cause, and the run goes on with the next input. A second input with the same SOP Instance UID as an earlier one is
+`skipped` as a duplicate (its outputs would have the same names and UIDs).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,14 @@ import argparse
 import csv
 import dataclasses
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
 
 from branet_pacs.config import Config, load_config
+from branet_pacs.dicom.ingest import ingest
 from branet_pacs.outputs import write_image_outputs
 from branet_pacs.pipeline import Analyzer
 from branet_pacs.types import Box, InstanceResult, ResultRow, Status
@@ -23,12 +31,20 @@ RESULTS_CSV = "results.csv"
 
 
 def iter_input_files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files named directly, and every file under named folders (recursive, sorted, hidden files skipped)."""
+    """Inputs named directly, and every entry under named folders (recursive, sorted; hidden entries skipped).
+
+    Symbolic links are inputs of their own and never descended into (a link loop cannot trap the walk); whatever
+    an entry turns out to be (a file, a dangling link, a link to a folder) its row says so.
+    """
     for path in map(Path, paths):
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
-                    yield child
+        if path.is_dir() and not path.is_symlink():
+            entries = []
+            for folder, dirs, files in os.walk(path, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                here = Path(folder)
+                entries += [here / f for f in files if not f.startswith(".")]
+                entries += [here / d for d in dirs if (here / d).is_symlink()]   # os.walk lists these as folders
+            yield from sorted(entries)
         else:
             yield path
 
@@ -60,23 +76,47 @@ def result_rows(result: InstanceResult, out_dir: Path | None) -> list[ResultRow]
 
 def analyze_paths(paths: Iterable[str | Path], out_dir: Path, config: Config,
                   boxes: list[Box] | None = None, progress: bool = True) -> list[ResultRow]:
-    """Analyse every file, write outputs and results.csv (rewritten as it goes, so a crash keeps what was done)."""
+    """Analyse every input, write outputs and results.csv (flushed row by row, so a crash keeps what was done)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     analyzer = Analyzer(config)
+    analyzer.segmenter()   # a missing or broken segmenter checkpoint is one error now, not one per file
     files = list(iter_input_files(paths))
     rows: list[ResultRow] = []
+    first_of: dict[str, str] = {}    # SOP Instance UID -> the input that had it first
     csv_path = out_dir / RESULTS_CSV
     with open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=ResultRow.CSV_COLUMNS)
         writer.writeheader()
         for path in tqdm(files, desc="analyze", unit="file", disable=not progress):
-            result = analyzer.analyze_instance(path, boxes)
-            for row in result_rows(result, out_dir):
+            try:
+                found = _analyze_one(analyzer, path, boxes, out_dir, first_of)
+            except Exception as exc:  # noqa: BLE001 - whatever fails, this input gets its row and the run goes on
+                log.debug("analysis of %s failed", path, exc_info=True)
+                found = [ResultRow(source=str(path), status=Status.ERROR,
+                                   reason=f"{path}: internal error while analysing: {type(exc).__name__}: {exc}")]
+            for row in found:
                 row = dataclasses.replace(row, source=str(path))
                 rows.append(row)
                 writer.writerow(row.as_csv_row())
             handle.flush()
     return rows
+
+
+def _analyze_one(analyzer: Analyzer, path: Path, boxes: list[Box] | None, out_dir: Path,
+                 first_of: dict[str, str]) -> list[ResultRow]:
+    if path.is_symlink() and path.is_dir():
+        return [ResultRow(source=str(path), status=Status.SKIPPED,
+                          reason=f"{path}: symbolic link to a folder, not followed (name the folder itself)")]
+    outcome = ingest(path, analyzer.config.ingest)
+    result = InstanceResult(outcome)
+    sop = result.sop_instance_uid
+    if outcome.status is Status.OK and sop in first_of:
+        return [ResultRow(source=str(path), sop_instance_uid=sop, study_instance_uid=result.study_instance_uid,
+                          modality=result.modality, status=Status.SKIPPED,
+                          reason=f"duplicate: SOP Instance UID {sop} was analysed already from {first_of[sop]}")]
+    if outcome.status is Status.OK:
+        first_of[sop] = str(path)
+    return result_rows(analyzer.analyze_ingested(outcome, boxes), out_dir)
 
 
 def parse_box(text: str) -> Box:

@@ -100,33 +100,56 @@ class Config:
     threads: int = 1                       # torch intra-op threads per process; 0 = number of cores
 
 
-def _merge(cls: type, values: dict[str, Any], where: str) -> Any:
+class ConfigError(ValueError):
+    """The settings file cannot be used as it is: the message names the file, the tables and every key at fault."""
+
+
+def _merge(cls: type, values: dict[str, Any], where: str, problems: list[str]) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        problems.append(f"{where}: unknown setting{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(repr(k) for k in unknown)} (known: {', '.join(sorted(known))})")
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
-            raise ValueError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
+            continue
         default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING \
             else known[key].default
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
-                raise ValueError(f"{where}: [{key}] must be a table")
-            kwargs[key] = _merge(type(default), value, f"{where} [{key}]")
+                problems.append(f"{where}: [{key}] must be a table")
+                continue
+            kwargs[key] = _merge(type(default), value, f"{where} [{key}]", problems)
         elif isinstance(default, tuple):
-            kwargs[key] = tuple(value)
+            kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
         else:
             kwargs[key] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{where}: {exc}")
+        return cls()
 
 
 def load_config(path: str | Path | None = None) -> Config:
-    """Defaults, overridden by `path` (or config/branet.toml when it exists and no path is given)."""
+    """Defaults, overridden by `path` (or config/branet.toml when it exists and no path is given).
+
+    Raises ConfigError naming every unknown key and bad value at once (not only the first)."""
     path = Path(path) if path else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
     if path is None:
         return Config()
-    with open(path, "rb") as handle:
-        values = tomllib.load(handle)
-    config = _merge(Config, values, str(path))
+    try:
+        with open(path, "rb") as handle:
+            values = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the settings file: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    problems: list[str] = []
+    config = _merge(Config, values, str(path), problems)
+    if problems:
+        raise ConfigError("; ".join(problems))
     if not Path(config.models_dir).is_absolute():
         config = dataclasses.replace(config, models_dir=str((Path(path).parent / config.models_dir).resolve()))
     return config

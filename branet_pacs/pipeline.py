@@ -43,6 +43,10 @@ DUPLICATE_BOX_IOU = 0.7
 MODALITIES = ("US", "MG")
 
 
+class BoxOutsideImage(ValueError):
+    """A user-given lesion box does not overlap the image it was given for."""
+
+
 @dataclass(frozen=True)
 class Prompt:
     box: Box           # in BreastImage.pixels coordinates
@@ -146,8 +150,11 @@ class Analyzer:
                 results.append(self.analyze_image(image, boxes))
             except ModelUnavailable as exc:
                 failures.append(ImageFailure(image, f"model unavailable: {exc}"))
+            except BoxOutsideImage as exc:
+                failures.append(ImageFailure(image, f"box error: {exc}"))
             except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others; the reason is kept
-                log.exception("analysis failed for SOP %s", image.sop_instance_uid)
+                log.warning("analysis failed for SOP %s: %s: %s", image.sop_instance_uid, type(exc).__name__, exc)
+                log.debug("analysis failure of SOP %s", image.sop_instance_uid, exc_info=True)
                 failures.append(ImageFailure(image, f"analysis failed: {type(exc).__name__}: {exc}"))
         return InstanceResult(ingest=outcome, images=tuple(results), failures=tuple(failures))
 
@@ -180,6 +187,9 @@ class Analyzer:
 
         classifier = self.classifier(image.modality)       # fails early when weights are missing
         prompts = self.prompts(image, boxes)
+        if boxes and not prompts:
+            raise BoxOutsideImage(f"every given box lies outside the analysed image region {image.region} "
+                                  f"(x0, y0, x1, y1 of the {image.frame_shape[1]}x{image.frame_shape[0]} frame)")
         lap("propose")
         masks = self.segmenter().segment(image.pixels, [p.box for p in prompts]) if prompts else []
         lap("segment")

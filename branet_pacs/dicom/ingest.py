@@ -62,6 +62,8 @@ NON_IMAGE_MODALITIES = frozenset({
 # SCT 76752008 Breast; SRT T-04000 Breast (retired SNOMED RT code still written by older devices)
 _BREAST_CODES = {("SCT", "76752008"), ("SRT", "T-04000"), ("SNM3", "T-04000")}
 _TOMOSYNTHESIS = UID("1.2.840.10008.5.1.4.1.1.13.1.3")   # Breast Tomosynthesis Image Storage
+MEDIA_DIRECTORY = UID("1.2.840.10008.1.3.10")        # Media Storage Directory Storage (DICOMDIR)
+NOT_DICOM = "not a DICOM file"                         # a file of something else (README, PNG...): skipped
 # Without these an output cannot be placed in the study, nor the instance told from another.
 REQUIRED_UIDS = (("SOPClassUID", "0008,0016"), ("SOPInstanceUID", "0008,0018"), ("StudyInstanceUID", "0020,000D"),
                  ("SeriesInstanceUID", "0020,000E"))
@@ -82,8 +84,9 @@ def ingest(source: Source, rules: IngestRules, name: str | None = None) -> Inges
     except Exception as exc:  # defensive: read_dicom already turns known failures into messages
         ds, problem = None, f"unreadable: {type(exc).__name__}: {exc}"
     if ds is None:
-        log.info("ingest error (input not parsed): %s", problem)
-        return IngestOutcome(name, Status.ERROR, f"{name}: {problem}")
+        status = Status.SKIPPED if problem.startswith(NOT_DICOM) else Status.ERROR
+        log.info("ingest %s (input not parsed): %s", status.value, problem)
+        return IngestOutcome(name, status, f"{name}: {problem}")
     if problem:
         header = _safe_header(ds)
         log.info("ingest error for SOP %s: %s", _uid(ds), problem)
@@ -123,9 +126,10 @@ def read_dicom(source: str | Path | bytes, max_bytes: int | None = None) -> tupl
     else:
         source = Path(source)
         if not source.exists():
-            return None, "dangling symbolic link" if source.is_symlink() else "no such file"
+            return None, ("symbolic link that cannot be resolved (dangling, or a loop)" if source.is_symlink()
+                          else "no such file")
         if not source.is_file():
-            return None, "not a regular file"
+            return None, "a folder" if source.is_dir() else "not a regular file (device, socket or pipe)"
         size = source.stat().st_size
         if size == 0:
             return None, "empty file, not DICOM"
@@ -143,7 +147,7 @@ def read_dicom(source: str | Path | bytes, max_bytes: int | None = None) -> tupl
         except InvalidDicomError:
             ds = _read_raw_dataset(_stream(source))
             if ds is None:
-                return None, "not a DICOM file (no 'DICM' prefix and not a parsable data set)"
+                return None, f"{NOT_DICOM} (no 'DICM' prefix and not a parsable data set)"
         except Exception as exc:
             return None, f"unreadable DICOM file: {type(exc).__name__}: {exc}"
     eof = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
@@ -156,9 +160,12 @@ def read_dicom(source: str | Path | bytes, max_bytes: int | None = None) -> tupl
     return ds, ""
 
 
+INFLATE_STEP = 16 << 20   # bytes inflated at a time while measuring (what measuring costs in memory)
+
+
 def _inflated_size(source: Path | bytes, limit: int) -> int | None:
     """For a Deflated Explicit VR Little Endian file, how large its data set inflates (counting stops just past
-    `limit`, so a zip bomb costs at most that much memory, in pieces); None for any other transfer syntax."""
+    `limit`; a zip bomb costs INFLATE_STEP of memory at a time); None for any other transfer syntax."""
     try:
         with open(source, "rb") if isinstance(source, Path) else BytesIO(source) as handle:
             if pydicom.filereader.read_preamble(handle, force=True) is None:
@@ -168,9 +175,9 @@ def _inflated_size(source: Path | bytes, limit: int) -> int | None:
                 return None
             inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
             while chunk := handle.read(1 << 20):
-                total += len(inflater.decompress(chunk, limit + 1 - total))
-                while inflater.unconsumed_tail and total <= limit:
-                    total += len(inflater.decompress(inflater.unconsumed_tail, limit + 1 - total))
+                while chunk and total <= limit:
+                    total += len(inflater.decompress(chunk, INFLATE_STEP))
+                    chunk = inflater.unconsumed_tail
                 if total > limit:
                     return total
             return total
@@ -228,6 +235,9 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
 
 def _ingest(ds: Dataset, rules: IngestRules, source: str) -> IngestOutcome:
     header = header_only(ds)
+    if _is_media_directory(ds):
+        return IngestOutcome(source, Status.SKIPPED, "DICOMDIR (a media directory, not an image): the files it "
+                                                     "lists are inputs of their own", dataset=header)
     problem = missing_uids(ds) or over_limits(ds, rules)
     if problem:
         return IngestOutcome(source, Status.ERROR, f"{source}: {problem}", dataset=header)
@@ -272,6 +282,12 @@ def _number(value: object) -> float | None:
         return None if value is None or value == "" else float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _is_media_directory(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    return media_class == MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
 
 
 def missing_uids(ds: Dataset) -> str:

@@ -69,7 +69,12 @@ def status(args: argparse.Namespace) -> int:
     from branet_pacs.orthanc.credentials import load_credentials
     from branet_pacs.orthanc.rest import HttpOrthanc, OrthancError
 
+    from branet_pacs.cli import CommandError
+
     data = Path(args.data).resolve()
+    if not (data / "orthanc.json").is_file():
+        raise CommandError(f"no node was started with --data {data} (there is no {data / 'orthanc.json'}): start one "
+                           "with `branet orthanc run --data DIR`, or name its folder with --data")
     generated = json.loads((data / "orthanc.json").read_text(encoding="utf-8"))
     credentials = load_credentials(data / "credentials.json")
     api = HttpOrthanc(f"http://127.0.0.1:{generated['HttpPort']}", credentials.username, credentials.password,

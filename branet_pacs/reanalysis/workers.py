@@ -69,8 +69,10 @@ def run_job(job: StudyJob, analyzer) -> StudyReport:
 
 def _worker_main(config: Config, tasks, results, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from branet_pacs.cli import configure_logging
     from branet_pacs.pipeline import Analyzer
+
+    configure_logging(verbose=False)   # spawned: a fresh interpreter; per-instance outcomes go to the report
 
     analyzer = Analyzer(config)      # models load on first use and stay loaded for every later study
     results.put(("ready", os.getpid(), None))

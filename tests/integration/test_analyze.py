@@ -42,7 +42,7 @@ def assert_outputs_valid(out: Path, rows: list[dict[str, str]]) -> None:
 
 @pytest.fixture(scope="module")
 def mixed_folder(tmp_path_factory) -> Path:
-    """Sample US + MG studies, plus a CT (skipped), a truncated file (error) and a text file (error)."""
+    """Sample US + MG studies, plus a CT (skipped), a truncated file (error) and a text file (skipped)."""
     folder = tmp_path_factory.mktemp("inbox")
     for study in ("us-study", "mg-study"):
         for path in (SAMPLES / study).glob("*.dcm"):
@@ -71,7 +71,8 @@ def test_every_file_gets_a_row_with_a_status(automatic_run, mixed_folder):
     assert [r["status"] for r in by_name["ct.dcm"]] == ["skipped"]
     assert "CT" in by_name["ct.dcm"][0]["reason"]
     assert [r["status"] for r in by_name["truncated.dcm"]] == ["error"]
-    assert [r["status"] for r in by_name["notes.txt"]] == ["error"]
+    assert [r["status"] for r in by_name["notes.txt"]] == ["skipped"]
+    assert "not a DICOM file" in by_name["notes.txt"][0]["reason"]
     for name in ("US1.dcm", "US2.dcm", "MG1.dcm", "MG2.dcm"):
         assert all(r["status"] == "ok" for r in by_name[name]), by_name[name]
     assert code == 1  # errors were recorded, and the rest still processed

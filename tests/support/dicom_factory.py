@@ -725,3 +725,40 @@ def not_dicom_file(path: str | Path) -> Path:
     path = Path(path)
     path.write_text("this is not a DICOM file\n" * 20)
     return path
+
+
+# ------------------------------------------------------------------------------------------------ malformed input
+
+def with_bad_scan_header(ds: Dataset) -> Dataset:
+    """A JPEG (baseline / extended) copy whose start-of-scan header says Se = 0 instead of 63, as some vendors
+    write it: libjpeg (pylibjpeg), gdcm and Pillow refuse the frame, IJG libjpeg (dcmtk) decodes it with a
+    warning."""
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    sos = frame.find(b"\xff\xda")
+    components = frame[sos + 4]
+    spectral_end = sos + 5 + 2 * components + 1          # Ss, then Se
+    assert frame[spectral_end] == 63, "not a sequential DCT scan"
+    broken = bytearray(frame)
+    broken[spectral_end] = 0
+    out = from_bytes(to_bytes(ds))
+    out.PixelData = pydicom.encaps.encapsulate([bytes(broken)])
+    return out
+
+
+def deflate_bomb(inflated_bytes: int) -> bytes:
+    """A small Deflated Explicit VR Little Endian file whose data set inflates to more than `inflated_bytes`."""
+    ds = make_us(32, 32)
+    ds.add_new(0x00090010, "LO", "BRANET TEST")
+    ds.add_new(0x00091001, "OB", bytes(inflated_bytes))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    return to_bytes(ds)
+
+
+def dicomdir(path: Path, listed: Path) -> Path:
+    """A minimal DICOMDIR (Media Storage Directory) listing one image file."""
+    from pydicom.fileset import FileSet
+
+    fs = FileSet()
+    fs.add(pydicom.dcmread(listed))
+    fs.write(path)
+    return path / "DICOMDIR"

@@ -295,19 +295,21 @@ def test_truncated_file_is_an_error_naming_the_file(fraction, ts, tmp_path):
     assert "truncated" in outcome.reason or "no Pixel Data" in outcome.reason
 
 
-def test_not_dicom_file_is_an_error(tmp_path):
+def test_not_dicom_file_is_skipped_with_the_reason(tmp_path):
     path = factory.not_dicom_file(tmp_path / "notes.dcm")
     outcome = ingest(path, RULES)
-    assert outcome.status is Status.ERROR and str(path) in outcome.reason and "not a DICOM file" in outcome.reason
+    assert outcome.status is Status.SKIPPED and str(path) in outcome.reason and "not a DICOM file" in outcome.reason
     assert outcome.dataset is None
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00" * 132, b"\x00" * 128 + b"DICM" + b"\xff" * 40])
-def test_empty_or_garbage_files_are_errors(content, tmp_path):
+@pytest.mark.parametrize("content, status", [(b"", Status.ERROR), (b"\x00" * 132, Status.SKIPPED),
+                                             (b"\x00" * 128 + b"DICM" + b"\xff" * 40, Status.ERROR)])
+def test_empty_and_broken_files_are_errors_other_files_skipped(content, status, tmp_path):
+    """Empty (a failed copy?) or claiming DICOM ('DICM') but unreadable: an error; anything else is not DICOM."""
     path = tmp_path / "bad.dcm"
     path.write_bytes(content)
     outcome = ingest(path, RULES)
-    assert outcome.status is Status.ERROR and str(path) in outcome.reason
+    assert outcome.status is status and str(path) in outcome.reason
 
 
 def test_missing_path_and_directory_are_errors(tmp_path):
