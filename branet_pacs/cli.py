@@ -31,22 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class CommandError(Exception):
-    """What a command reports in one line (exit status 2): bad arguments or settings, nothing to work on."""
-
-
 def configure_logging(verbose: bool) -> None:
     """Warnings only by default (what happened to each input is in the command's own report, e.g. results.csv);
     `-v` shows every step. The DICOM libraries' own chatter (highdicom's per-object lines, pydicom's traceback for
     each decoder plugin it tries) is shown only with -v."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("pydicom", "highdicom"):
+    logging.captureWarnings(True)    # library warnings (pydicom's "unknown encoding"...) are log lines too
+    for name in ("pydicom", "highdicom", "py.warnings"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:
     from branet_pacs.config import ConfigError
+    from branet_pacs.errors import CommandError
     from branet_pacs.models.errors import ModelUnavailable
 
     args = build_parser().parse_args(argv)

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 import pydicom
+from pydicom.charset import python_encoding
 from pydicom.uid import generate_uid
 
 import branet_pacs
@@ -128,6 +129,11 @@ def source_for_reference(image: BreastImage) -> pydicom.Dataset:
     for keyword in _TYPE2_PATIENT_STUDY:
         if keyword not in source:
             setattr(source, keyword, "")
+    charsets = source.get("SpecificCharacterSet")
+    if charsets and any(c and c not in python_encoding for c in
+                        ([charsets] if isinstance(charsets, str) else list(charsets))):
+        # a term no DICOM reader knows: the values were read with the default repertoire; write them as UTF-8
+        source.SpecificCharacterSet = "ISO_IR 192"
     return source
 
 

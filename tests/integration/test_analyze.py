@@ -138,3 +138,12 @@ def test_path_bytes_and_dataset_are_one_unit_of_work_with_the_same_objects(autom
     assert written == set(uids[0])
     p = [f.p_malignant for r in results for image in r.images for f in image.findings]
     assert max(p) - min(p) < 1e-6
+
+
+def test_a_box_entirely_outside_the_image_is_an_error(tmp_path):
+    out = tmp_path / "out"
+    code = main(["analyze", str(SAMPLES / "us-study" / "US1.dcm"), "--out", str(out), "--box", "5000,5000,5100,5100",
+                 "--no-progress"])
+    rows = read_rows(out)
+    assert code == 1 and len(rows) == 1 and rows[0]["status"] == "error"
+    assert "box error: every given box lies outside the analysed image region" in rows[0]["reason"]
