@@ -37,6 +37,15 @@ def configure_logging(verbose: bool) -> None:
     each decoder plugin it tries) is shown only with -v."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries(verbose)
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Silence the DICOM libraries' own log lines and warnings unless `verbose` (imported first: pydicom sets its
+    logger's level when it is imported, which would undo a level set before)."""
+    import highdicom  # noqa: F401
+    import pydicom  # noqa: F401
+
     logging.captureWarnings(True)    # library warnings (pydicom's "unknown encoding"...) are log lines too
     for name in ("pydicom", "highdicom", "py.warnings"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)

@@ -1,8 +1,8 @@
 """BraNet-PACS plugin for Orthanc (orthanc-python 4.0). Loaded by Orthanc as "PythonScript".
 
 It translates Orthanc events into service calls and nothing more: STABLE_STUDY wakes the service's change feed,
-ORTHANC_STARTED/STOPPED start and stop it, /branet/* REST requests are answered by it, and the Explorer gets the
-BraNet panel. Analysis runs in separate worker processes (torch is never imported inside Orthanc).
+ORTHANC_STARTED/STOPPED start and stop it, /branet/* REST requests are answered by it, incoming C-STOREs pass its
+filter (`branet_pacs.orthanc.incoming`), and the Explorer gets the BraNet panel. Analysis runs in separate worker processes (torch is never imported inside Orthanc).
 
 Needs the "BraNet" configuration section written by `branet orthanc run` (branet_pacs.orthanc.orthanc_config).
 """
@@ -98,6 +98,22 @@ else:
         elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
             _node.stop()
 
+    # C-STORE statuses the filter answers with (orthanc-python 4.0 sends a non-zero value to the SCU as the DIMSE
+    # status and does not store the instance; 0 stores it): PS3.4 Table GG.4-1
+    _ACCEPT, _OUT_OF_RESOURCES, _DOES_NOT_MATCH = 0, 0xA700, 0xA900
+
+    def _incoming_filter(received):
+        """Refuse, before Orthanc stores it, what the pipeline would refuse (too large, or not identifiable)."""
+        try:
+            tags = json.loads(received.GetInstanceSimplifiedJson())
+            reason = _node.refuse_incoming(tags, received.GetInstanceSize())
+        except Exception as exc:  # noqa: BLE001 - the filter must never take a store down with it
+            orthanc.LogWarning(f"BraNet incoming filter: {type(exc).__name__}: {exc}; the instance is stored")
+            return _ACCEPT
+        if not reason:
+            return _ACCEPT
+        return _DOES_NOT_MATCH if reason.startswith("missing") else _OUT_OF_RESOURCES
+
     def _on_rest(output, uri, **request):
         body = request.get("body") or b""
         response = _node.handle(request["method"], request["groups"][0], body)
@@ -110,5 +126,6 @@ else:
             output.SendHttpStatus(response.status, text, len(response.body))
 
     orthanc.RegisterOnChangeCallback(_on_change)
+    orthanc.RegisterIncomingCStoreInstanceFilter(_incoming_filter)
     orthanc.RegisterRestCallback("/branet/(.*)", _on_rest)
     orthanc.ExtendOrthancExplorer((Path(__file__).with_name("explorer.js")).read_text(encoding="utf-8"))

@@ -101,7 +101,10 @@ class NodeProcess:
 
     def start(self, ready_timeout: float = 120.0) -> "NodeProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        # Orthanc's own log may name a patient (PatientID, when it refuses an instance without Study or Series
+        # Instance UID itself, before any plugin sees it): readable by the owner only
+        log = open(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        os.chmod(self.log_path, 0o600)
         self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
         log.close()

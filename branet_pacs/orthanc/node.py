@@ -22,6 +22,7 @@ from typing import Any
 from branet_pacs import __version__
 from branet_pacs.orthanc.changes import ChangeFeed
 from branet_pacs.orthanc.forward import Forwarder
+from branet_pacs.orthanc.incoming import refusal
 from branet_pacs.orthanc.rest import OrthancApi, OrthancError
 from branet_pacs.orthanc.settings import ServiceSettings
 from branet_pacs.orthanc.status import (
@@ -116,6 +117,18 @@ class BraNetNode:
                     self.api.put_text(f"/studies/{retry.study_id}/metadata/{name}", value)
             except OrthancError as exc:
                 log.warning("study %s: failed state not written to Orthanc metadata: %s", retry.study_id, exc)
+
+    def refuse_incoming(self, tags: dict[str, Any], size: int) -> str:
+        """The C-STORE filter's rule (`incoming.refusal`); a refusal is logged and kept in recent_errors, naming the
+        instance by its UIDs only, never the patient."""
+        reason = refusal(tags, size, self.settings.incoming_limits)
+        if reason:
+            uids = ", ".join(f"{k} {tags[k]}" for k in ("SOPInstanceUID", "StudyInstanceUID") if tags.get(k))
+            message = f"C-STORE refused ({uids or 'no identifying UID'}): {reason}"
+            log.warning("%s", message)
+            self.store.event("error", "", message)
+            self.store.bump("refused_instances")
+        return reason
 
     def wake(self) -> None:
         self._wake.set()
@@ -232,6 +245,7 @@ class BraNetNode:
             "outputs": [{"sop_uid": o.sop_uid, "kind": o.kind, "source_instance": o.source_instance,
                          "instance_id": o.instance_id, "stored": o.stored, "stored_at": o.stored_at} for o in outputs],
             "forwards": [f.to_json() for f in self.store.forwards(study_id=study_id)],
+            "attempts": self.store.attempts(study_id),
         }
 
     def _study_response(self, study_id: str) -> Response:

@@ -33,6 +33,7 @@ SECURE_SETTINGS = {
     "RemoteAccessAllowed": False,
     "DicomAlwaysAllowStore": False,
     "DicomCheckCalledAet": True,
+    "StrictAetComparison": True,      # AE titles are case-sensitive: "rel" is not the whitelisted "REL"
     "DicomCheckModalityHost": True,
     "DicomModalitiesInDatabase": False,
     "ExecuteLuaEnabled": False,
@@ -187,9 +188,19 @@ def build_config(options: RunOptions, credentials: Credentials, credentials_path
         "StateDirectory": str(data_dir / "branet"),
         "Credentials": str(credentials_path),
         "BraNetConfig": str(Path(options.branet_config).resolve()) if options.branet_config else "",
+        "IncomingLimits": _incoming_limits(options.branet_config),
     })
     config[SECTION] = section
     return config
+
+
+def _incoming_limits(branet_config: str | None) -> dict[str, int]:
+    """The pipeline's ingest size limits, for the plugin's C-STORE filter (the same numbers refuse the same files)."""
+    from branet_pacs.config import load_config
+
+    ingest = load_config(branet_config or None).ingest
+    return {"max_input_bytes": ingest.max_input_bytes, "max_frame_pixels": ingest.max_frame_pixels,
+            "max_instance_frames": ingest.max_instance_frames}
 
 
 def generate_config(options: RunOptions) -> GeneratedConfig:

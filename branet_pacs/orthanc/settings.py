@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from branet_pacs.orthanc.incoming import IncomingLimits
+
 SECTION = "BraNet"
 
 # Keys of the "BraNet" section a user may set in config/orthanc.json (the rest is written by `generate_config`).
 USER_KEYS = {"Workers", "MaxAttempts", "RetryDelay", "StudyTimeout", "PollInterval", "AnalyseExistingStudies",
              "Forward", "AllowedSenders"}
-GENERATED_KEYS = {"Repo", "Python", "SitePackages", "StateDirectory", "Credentials", "BraNetConfig"}
+GENERATED_KEYS = {"Repo", "Python", "SitePackages", "StateDirectory", "Credentials", "BraNetConfig", "IncomingLimits"}
 FORWARD_KEYS = {"Destinations", "WholeStudy", "RetryDelay", "RetryMaxDelay", "MaxAttempts"}
 
 
@@ -46,6 +48,7 @@ class ServiceSettings:
     poll_interval: float = 1.0             # /changes polling period (STABLE_STUDY also wakes the poller)
     analyse_existing_studies: bool = False  # first start on an existing archive: analyse what is already there
     forward: ForwardSettings = field(default_factory=ForwardSettings)
+    incoming_limits: IncomingLimits = field(default_factory=IncomingLimits)
 
     @property
     def store_path(self) -> Path:
@@ -71,7 +74,7 @@ class ServiceSettings:
                              "`branet orthanc run`)")
         check_section(section, generated=True)
         forward = section.get("Forward", {})
-        missing = sorted(GENERATED_KEYS - {"BraNetConfig"} - set(section))
+        missing = sorted(GENERATED_KEYS - {"BraNetConfig", "IncomingLimits"} - set(section))
         if missing:
             raise ValueError(f'"{SECTION}" section lacks {missing} (generate it with `branet orthanc run`)')
         return cls(
@@ -89,7 +92,8 @@ class ServiceSettings:
                 whole_study=bool(forward.get("WholeStudy", False)),
                 retry_delay=float(forward.get("RetryDelay", 5.0)),
                 retry_max_delay=float(forward.get("RetryMaxDelay", 300.0)),
-                max_attempts=int(forward.get("MaxAttempts", 100))))
+                max_attempts=int(forward.get("MaxAttempts", 100))),
+            incoming_limits=IncomingLimits(**{k: int(v) for k, v in section.get("IncomingLimits", {}).items()}))
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ServiceSettings":

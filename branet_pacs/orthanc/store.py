@@ -87,6 +87,17 @@ CREATE TABLE IF NOT EXISTS events (
     study_id TEXT NOT NULL DEFAULT '',
     message  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS attempts (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_id  TEXT NOT NULL,
+    run       INTEGER NOT NULL,                -- the study's run (0 = its first)
+    attempt   INTEGER NOT NULL,                -- the attempt within that run
+    worker    TEXT NOT NULL DEFAULT '',
+    at        REAL NOT NULL,
+    outcome   TEXT NOT NULL,                   -- a final state, "retrying" or "failed"
+    reason    TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS attempts_study ON attempts(study_id);
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -319,11 +330,27 @@ class ServiceStore:
             if row is None:
                 raise LookupError(f"study {study_id} is not held by worker {worker}")
             next_state = StudyState.QUEUED if row["pending"] else state
+            self._attempt(db, study_id, state.value, reason, now)
             db.execute("UPDATE studies SET state = ?, reason = ?, model_version = ?, finished_at = ?, attempts = 0, "
                        "runs = runs + 1, worker = '', pending = 0, force = 0, next_attempt_at = 0, "
                        "queued_at = CASE WHEN ? THEN ? ELSE queued_at END WHERE study_id = ?",
                        (next_state.value, reason, model_version, now, int(bool(row["pending"])), now, study_id))
             return StudyRecord.from_row(db.execute("SELECT * FROM studies WHERE study_id = ?", (study_id,)).fetchone())
+
+    @staticmethod
+    def _attempt(db: sqlite3.Connection, study_id: str, outcome: str, reason: str, now: float) -> None:
+        """Keep how one attempt of a study ended (the study row only holds the current run's count)."""
+        row = db.execute("SELECT runs, attempts, worker FROM studies WHERE study_id = ?", (study_id,)).fetchone()
+        if row is not None:
+            db.execute("INSERT INTO attempts (study_id, run, attempt, worker, at, outcome, reason) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (study_id, int(row["runs"]), int(row["attempts"]),
+                                                        row["worker"], now, outcome, reason[:2000]))
+
+    def attempts(self, study_id: str) -> list[dict[str, Any]]:
+        """Every attempt of every run of a study, oldest first: when, by which worker, how it ended and why."""
+        return [dict(r) for r in self._query(
+            "SELECT run, attempt, worker, at, outcome, reason FROM attempts WHERE study_id = ? ORDER BY id",
+            (study_id,))]
 
     def retry_or_fail(self, study_id: str, reason: str, max_attempts: int, delay: float,
                       worker: str | None = None, now: float | None = None) -> Retry | None:
@@ -340,6 +367,7 @@ class ServiceStore:
         if row is None or row["state"] != StudyState.RUNNING.value or (worker is not None and row["worker"] != worker):
             return None
         attempts = int(row["attempts"])
+        self._attempt(db, study_id, "failed" if attempts >= max_attempts else "retrying", reason, now)
         if attempts >= max_attempts:
             text = f"{reason} (attempt {attempts} of {max_attempts}; giving up)"
             db.execute("UPDATE studies SET state = ?, reason = ?, finished_at = ?, worker = '', pending = 0, "

@@ -33,10 +33,12 @@ def settings_to_env(settings: ServiceSettings) -> str:
 
 
 def settings_from_env(text: str) -> ServiceSettings:
+    from branet_pacs.orthanc.incoming import IncomingLimits
     from branet_pacs.orthanc.settings import ForwardSettings
     values = json.loads(text)
     values["forward"] = ForwardSettings(**{**values["forward"],
                                            "destinations": tuple(values["forward"]["destinations"])})
+    values["incoming_limits"] = IncomingLimits(**values.get("incoming_limits", {}))
     return ServiceSettings(**values)
 
 

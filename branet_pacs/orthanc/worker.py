@@ -295,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s branet-worker[%(process)d] %(name)s: %(message)s")
-    for name in ("highdicom", "pydicom"):   # their per-object chatter; our own lines say what happened
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    from branet_pacs.cli import quiet_libraries
+
+    quiet_libraries()   # their per-object chatter and per-plugin tracebacks; our own lines say what happened
     if args.config:
         settings = ServiceSettings.from_file(args.config)
     elif os.environ.get(SETTINGS_ENV):

@@ -77,3 +77,91 @@ def _write_table(expected: dict[str, str], rows: list[dict], rss: int) -> None:
     folder = REPO / "test-artifacts"
     folder.mkdir(exist_ok=True)
     (folder / "corpus-cli.txt").write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ the Orthanc node
+
+@pytest.fixture(scope="module")
+def node_run(tmp_path_factory):
+    """The corpus sent file by file with storescu, as a PACS would; then what the node made of every file."""
+    import pydicom
+
+    from orthanc_harness import branet_study, send, start_branet, study_id, wait_final
+
+    base = tmp_path_factory.mktemp("corpus-node")
+    expected = corpus.write_corpus(base / "inbox")
+    settings = base / "limits.toml"
+    settings.write_text("[ingest]\n" + "".join(f"{k} = {v}\n" for k, v in corpus.LIMITS.items()))
+    node = start_branet(base, stable_age=1, branet_config=settings)
+    outcome: dict[str, tuple[str, str]] = {}      # file name -> (what became of it, reason)
+    try:
+        api = node.api()
+        files = sorted(p for p in (base / "inbox").rglob("*") if p.name in expected and not p.is_dir())
+        studies: dict[str, list[tuple[str, str]]] = {}
+        refused_sops: dict[str, str] = {}
+        for path in files:
+            result = send(node, [path], check=False)[0]
+            refused = result.returncode != 0 or "E:" in result.stderr
+            try:
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+                sop, study = str(header.get("SOPInstanceUID", "")), str(header.get("StudyInstanceUID", ""))
+            except Exception:  # noqa: BLE001 - storescu sends nothing it cannot read either
+                sop = study = ""
+            if refused:
+                said = " ".join(result.stderr.split())[-160:] or f"storescu exit status {result.returncode}"
+                outcome[path.name] = ("refused at C-STORE", said)
+                refused_sops[path.name] = sop
+            else:
+                studies.setdefault(study, []).append((path.name, sop))
+        for study, members in studies.items():
+            detail = wait_final(api, study_id(api, study), timeout=600)
+            records = {i["sop_uid"]: i for i in detail["instances"]}
+            for name, sop in members:
+                record = records.get(sop)
+                outcome[name] = (record["state"], record["reason"]) if record else \
+                    ("not recorded", detail["study"]["reason"])
+        status = api.get_json("/branet/status")
+        for name, sop in refused_sops.items():      # the node's own reason, where our filter refused it
+            said = next((e["message"] for e in status["recent_errors"] if sop and sop in e["message"]), "")
+            if said:
+                outcome[name] = ("refused at C-STORE", said)
+    finally:
+        node.stop()
+    log = node.log_path.read_text(errors="replace")
+    log_mode = node.log_path.stat().st_mode & 0o777
+    return expected, outcome, status, log, log_mode
+
+
+def test_every_file_sent_to_the_node_is_refused_or_recorded_with_a_reason(node_run):
+    expected, outcome, status, log, _ = node_run
+    sendable = {n for n in expected if not n.startswith(("dangling", "link-", "README", "png-", "empty"))}
+    assert sendable <= set(outcome), sorted(sendable - set(outcome))
+    for name, (state, reason) in outcome.items():
+        assert state == "ok" or reason.strip(), name
+        if state != "refused at C-STORE":
+            want = expected[name]
+            if name.startswith("zz-duplicate") or name == "IM000000":
+                want = "ok"          # the same SOP Instance UID again: Orthanc keeps the first copy
+            assert state in (want, "ok") if want == "ok" else state == want, (name, state, reason)
+    for name in ("good-us.dcm", "good-mg.dcm", "good-jpeg-extended-wrong-scan-header.dcm", "nested-good.dcm"):
+        assert outcome[name][0] == "ok", (name, outcome[name])
+    refused_by_us = [e["message"] for e in status["recent_errors"] if e["message"].startswith("C-STORE refused")]
+    assert any("ingest.max_frame_pixels" in m for m in refused_by_us)
+    assert status["counters"]["refused_instances"] >= 2
+    assert "Traceback" not in log
+    _write_node_table(outcome, status)
+
+
+def test_the_node_log_is_private(node_run):
+    _, _, _, _, mode = node_run
+    assert mode == 0o600
+
+
+def _write_node_table(outcome: dict[str, tuple[str, str]], status: dict) -> None:
+    counts = Counter(state for state, _ in outcome.values())
+    lines = [f"files sent {len(outcome)}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
+             f"; refused by the BraNet filter {status['counters'].get('refused_instances', 0)}", ""]
+    lines += [f"{name:44} {state:20} {reason[:100]}" for name, (state, reason) in sorted(outcome.items())]
+    folder = REPO / "test-artifacts"
+    folder.mkdir(exist_ok=True)
+    (folder / "corpus-node.txt").write_text("\n".join(lines) + "\n")

@@ -248,6 +248,8 @@ def test_sender_not_on_the_whitelist_is_refused(api, servers):
     assert "Association Rejected" in result.stderr or "rejected" in result.stderr.lower()
     wrong_host = send(servers["node"], files, calling_aet=OTHER_HOST_AET, check=False)[0]
     assert wrong_host.returncode != 0 or "E:" in wrong_host.stderr, "the AE title is bound to its host"
+    wrong_case = send(servers["node"], files, calling_aet=SENDER_AET.lower(), check=False)[0]
+    assert wrong_case.returncode != 0 or "E:" in wrong_case.stderr, "AE titles compare case-sensitively"
     wrong_called = subprocess.run(["storescu", "-aet", SENDER_AET, "-aec", "NOTBRANET", "127.0.0.1",
                                    str(servers["node"].dicom_port), str(files[0])], capture_output=True, text=True)
     assert wrong_called.returncode != 0 or "E:" in wrong_called.stderr

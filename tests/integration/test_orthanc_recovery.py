@@ -150,6 +150,9 @@ def test_bounded_retries_end_in_a_recorded_failure(env):
     assert detail["study"]["state"] == "failed"
     assert f"attempt {MAX_ATTEMPTS} of {MAX_ATTEMPTS}" in detail["study"]["reason"]
     assert "killed by signal 9" in detail["study"]["reason"]
+    history = detail["attempts"]          # kept after the run: attempts and why, not only the last state
+    assert [h["outcome"] for h in history] == ["retrying"] * (MAX_ATTEMPTS - 1) + ["failed"]
+    assert all("killed by signal 9" in h["reason"] for h in history)
     meta = wait_for(lambda: (m := metadata(api, orthanc_id)).get("BraNetStatus") == "failed" and m, 60, 0.5,
                     "the failed state in Orthanc metadata")
     assert "giving up" in meta["BraNetReason"]

@@ -45,10 +45,10 @@ def write_template(path: Path, **branet: Any) -> Path:
 
 def start_branet(tmp: Path, *, stable_age: int = 1, forward: Sequence[str] = (), template: Path | None = None,
                  max_attempts: int | None = None, senders: Sequence[str] = (f"{SENDER_AET}@127.0.0.1",),
-                 name: str = "node") -> NodeProcess:
+                 name: str = "node", branet_config: Path | None = None) -> NodeProcess:
     node = branet_node(tmp / name, tmp / f"{name}.log", dicom_port=free_port(), http_port=free_port(),
                        allow_senders=senders, forward=forward, stable_age=stable_age, max_attempts=max_attempts,
-                       branet_config=pipeline_config(), template=template)
+                       branet_config=branet_config or pipeline_config(), template=template)
     node.start()
     wait_for(lambda: all(w["alive"] for w in node.api().get_json("/branet/status")["workers"]), 60, 0.2,
              "the worker processes")

@@ -72,6 +72,14 @@ def test_interrupted_study_is_retried_with_backoff_then_failed(store):
     assert retry.state is StudyState.FAILED
     study = store.study("a")
     assert study.state is StudyState.FAILED and "attempt 2 of 2" in study.reason and "giving up" in study.reason
+    history = store.attempts("a")
+    assert [(h["attempt"], h["outcome"], h["reason"]) for h in history] == [
+        (1, "retrying", "worker killed"), (2, "failed", "worker killed")]
+    store.enqueue("a")                                   # asked again: a new run, and the history stays
+    store.claim("w3")
+    store.finish("a", "w3", StudyState.ANALYSED, "1 image instance(s) analysed", "v1")
+    assert [h["outcome"] for h in store.attempts("a")] == ["retrying", "failed", "analysed"]
+    assert store.study("a").attempts == 0
     assert any("failed" in e["message"] for e in store.events())
 
 
@@ -173,6 +181,7 @@ def test_generated_configuration_is_secure_and_private(tmp_path):
     assert stat.S_IMODE(generated.credentials_path.stat().st_mode) == 0o600
     assert config["AuthenticationEnabled"] and not config["RemoteAccessAllowed"]
     assert not config["DicomAlwaysAllowStore"] and config["DicomCheckCalledAet"] and config["DicomCheckModalityHost"]
+    assert config["StrictAetComparison"], "AE titles compare case-sensitively"
     assert not config["ExecuteLuaEnabled"] and config["LuaScripts"] == [] and not config["WebDavEnabled"]
     assert config["RegisteredUsers"] == {generated.credentials.username: generated.credentials.password}
     senders = {m["AET"]: m for m in config["DicomModalities"].values() if m["AllowStore"]}
