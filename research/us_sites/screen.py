@@ -52,7 +52,8 @@ def main(argv: list[str]) -> None:
             p = predict(run.model, torch.from_numpy(test.pixels), device, tta=True)
             auc = float(roc_auc_score(test.labels, p))
             results["runs"].append({"seed": seed, "train": train_site, "test": test_site, "auc": auc,
-                                    "minutes": (time.perf_counter() - started) / 60})
+                                    "minutes": (time.perf_counter() - started) / 60,
+                                    "files": list(test.files), "p": [round(float(x), 6) for x in p]})
             print(f"seed {seed} {train_site} -> {test_site}: AUC {auc:.4f}", flush=True)
             Path(args.out).write_text(json.dumps(results, indent=1))
     for train_site in SITES:
