@@ -90,6 +90,15 @@ class Analyzer:
         from branet_pacs.models.segmenter import make_segmenter
         return self._load(("segmenter", ""), lambda: make_segmenter(self.config.segmentation, self.config.device))
 
+    def lesion_encoder(self):
+        """LiteMedSAM, whose image embedding the classifier's feature head reads: the segmenter itself when it is
+        LiteMedSAM (one encoder pass per image), else loaded beside it."""
+        from branet_pacs.models.segmenter import LiteMedSAMSegmenter
+        segmenter = self.segmenter()
+        if isinstance(segmenter, LiteMedSAMSegmenter):
+            return segmenter
+        return self._load(("lesion-encoder", ""), lambda: LiteMedSAMSegmenter(self.config.device))
+
     def classifier(self, modality: str):
         from branet_pacs.models.classifier import MalignancyClassifier
         return self._load(("classifier", modality), lambda: MalignancyClassifier.load(
@@ -126,7 +135,7 @@ class Analyzer:
             classifier_name=classifier.name, classifier_version=classifier.version, threshold=classifier.threshold,
             segmenter_name=self.segmenter().name, detector_name=detector.name if detector else None,
             detector_version=detector.version if detector else None,
-            weights_sha256=(classifier.entry.sha256, *((getattr(detector, "sha256", ""),) if detector else ())),
+            weights_sha256=(*classifier.weights_sha256, *((getattr(detector, "sha256", ""),) if detector else ())),
             settings=self._settings)
 
     def roi_margin(self, modality: str) -> float:
@@ -191,11 +200,22 @@ class Analyzer:
             raise BoxOutsideImage(f"every given box lies outside the analysed image region {image.region} "
                                   f"(x0, y0, x1, y1 of the {image.frame_shape[1]}x{image.frame_shape[0]} frame)")
         lap("propose")
-        masks = self.segmenter().segment(image.pixels, [p.box for p in prompts]) if prompts else []
+        boxes = [p.box for p in prompts]
+        segmenter, embedding = self.segmenter(), None
+        if boxes and classifier.feature_head is not None:   # the head reads LiteMedSAM's embedding of the image
+            encoder = self.lesion_encoder()
+            embedding = encoder.embed(image.pixels)
+            masks = encoder.decode(embedding, boxes) if segmenter is encoder else segmenter.segment(image.pixels, boxes)
+        else:
+            masks = segmenter.segment(image.pixels, boxes) if boxes else []
         lap("segment")
         kept = distinct_lesions(image, prompts, masks)
         margin = self.roi_margin(image.modality)
-        probabilities = classifier.predict_boxes(image.pixels, [box for _, _, box in kept], margin)
+        features = None
+        if embedding is not None and kept:
+            from branet_pacs.models.segmenter import pooled_embedding
+            features = np.stack([pooled_embedding(embedding, mask) for _, mask, _ in kept])
+        probabilities = classifier.predict_boxes(image.pixels, [box for _, _, box in kept], margin, features)
         lap("classify")
         return tuple(
             _finding(index, image, prompt, mask, float(p), classifier.label(float(p)), margin)

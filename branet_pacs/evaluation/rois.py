@@ -58,7 +58,12 @@ def classify(data_dir: Path, classifier) -> tuple[list[str], np.ndarray, np.ndar
     files = [f for f, _ in entries]
     truth = np.array([label for _, label in entries], dtype=int)
     rois = np.stack([uint8_to_roi(read_roi_png(data_dir / f)) for f in files])
-    return files, truth, classifier.predict(rois)
+    p = classifier.predict(rois)
+    if classifier.feature_head is not None:
+        from branet_pacs.train.lesion_features import folder_features
+
+        p = classifier.with_feature_head(p, folder_features(data_dir, str(classifier.device)))
+    return files, truth, p
 
 
 def _mask_jobs(data_dir: Path, images_root: Path | None) -> tuple[dict[str, list[tuple[str, np.ndarray]]], list]:

@@ -21,7 +21,8 @@ from torchvision.models import resnet18
 
 from branet_pacs.imaging.roi import extract_roi
 from branet_pacs.models.errors import ModelUnavailable
-from branet_pacs.models.manifest import ModelEntry, find_model, verified_weights_path
+from branet_pacs.models.feature_head import FeatureHead, combine
+from branet_pacs.models.manifest import ModelEntry, file_sha256, find_model, verified_weights_path
 from branet_pacs.models.runtime import select_device
 from branet_pacs.types import Box
 
@@ -109,10 +110,26 @@ def _networks(path: Path, entry: ModelEntry, device: torch.device) -> list[nn.Mo
         return _cache[key]
 
 
-class MalignancyClassifier:
-    """p(malignant) for 128x128 ROIs in [-1, 1] (as made by `branet_pacs.imaging.roi.extract_roi`)."""
+def load_feature_head(models_dir: str | Path, entry: ModelEntry) -> FeatureHead | None:
+    """The classifier's LiteMedSAM-feature head (manifest extra "feature_head"), checksum-verified; None if it has
+    none."""
+    spec = entry.extra.get("feature_head")
+    if not spec:
+        return None
+    path = Path(models_dir) / spec["file"]
+    if not path.is_file():
+        raise ModelUnavailable(f"classifier '{entry.name}': feature head {path} is missing")
+    if file_sha256(path) != spec["sha256"]:
+        raise ModelUnavailable(f"classifier '{entry.name}': feature head {path} fails its SHA-256 check")
+    return FeatureHead.load(path)
 
-    def __init__(self, entry: ModelEntry, networks: list[nn.Module], device: torch.device) -> None:
+
+class MalignancyClassifier:
+    """p(malignant) for 128x128 ROIs in [-1, 1] (as made by `branet_pacs.imaging.roi.extract_roi`), combined with the
+    feature head's p(malignant) on the lesions' LiteMedSAM features when the model has one."""
+
+    def __init__(self, entry: ModelEntry, networks: list[nn.Module], device: torch.device,
+                 feature_head: FeatureHead | None = None) -> None:
         if entry.threshold is None:
             raise ModelUnavailable(f"classifier '{entry.name}' has no decision threshold in the manifest")
         self.entry = entry
@@ -124,6 +141,7 @@ class MalignancyClassifier:
         self.tta = bool(entry.extra.get("tta", False))
         self.roi_size = int(entry.input.get("size", ROI_SIZE))
         self._networks = networks
+        self.feature_head = feature_head
 
     @classmethod
     def load(cls, models_dir: str | Path, modality: str, device: str | torch.device = "auto",
@@ -136,7 +154,13 @@ class MalignancyClassifier:
         entry = find_model(models_dir, "classifier", modality, name=name)
         path = verified_weights_path(models_dir, entry)
         torch_device = device if isinstance(device, torch.device) else select_device(device)
-        return cls(entry, _networks(path, entry, torch_device), torch_device)
+        return cls(entry, _networks(path, entry, torch_device), torch_device, load_feature_head(models_dir, entry))
+
+    @property
+    def weights_sha256(self) -> tuple[str, ...]:
+        """Checksums of everything that decides p(malignant): the networks, and the feature head when there is one."""
+        head = self.entry.extra.get("feature_head")
+        return (self.entry.sha256, head["sha256"]) if head else (self.entry.sha256,)
 
     @property
     def roi_margin(self) -> float | None:
@@ -154,13 +178,24 @@ class MalignancyClassifier:
         """
         return tuple(float(m) for m in self.entry.input.get("tta_margins", ()))
 
-    def predict_boxes(self, image: np.ndarray, boxes: Sequence[Box], margin: float) -> np.ndarray:
-        """p(malignant) per lesion box on a 2-D [0, 1] image, averaged over the margin views (else cut at `margin`)."""
+    def predict_boxes(self, image: np.ndarray, boxes: Sequence[Box], margin: float,
+                      features: np.ndarray | None = None) -> np.ndarray:
+        """p(malignant) per lesion box on a 2-D [0, 1] image: the CNN averaged over the margin views (else cut at
+        `margin`), combined with the feature head on `features` (one row per box) when the model has a head."""
         if not boxes:
             return np.zeros((0,), dtype=np.float32)
         margins = self.margin_views or (margin,)
         rois = np.stack([extract_roi(image, box, m) for box in boxes for m in margins])
-        return self.predict(rois).reshape(len(boxes), len(margins)).mean(axis=1)
+        p = self.predict(rois).reshape(len(boxes), len(margins)).mean(axis=1)
+        return self.with_feature_head(p, features)
+
+    def with_feature_head(self, p_cnn: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        """The CNN's p(malignant) combined with the feature head's (unchanged when the model has no head)."""
+        if self.feature_head is None:
+            return p_cnn
+        if features is None or len(features) != len(p_cnn):
+            raise ValueError(f"classifier '{self.name}' has a feature head: give one LiteMedSAM feature row per ROI")
+        return combine(p_cnn, self.feature_head.predict(features))
 
     @property
     def ensemble_size(self) -> int:

@@ -44,15 +44,16 @@ Out of fold, at the one threshold {doc['threshold']:.4f}:
 """
     if loso:
         rows = "\n".join(f"| {site} | {'+'.join(r['trained_on'])} | {r['n']} | {_fmt(r['roc_auc'])} | "
-                          f"{_fmt(r['balanced_accuracy'])} | {_fmt(r['sensitivity'])} | {_fmt(r['specificity'])} |"
+                          f"{_fmt(r['balanced_accuracy'])} | {_fmt(r['sensitivity'])} | {_fmt(r['specificity'])} | "
+                          f"{_fmt(r.get('cnn_only_roc_auc'))} | {_fmt(r.get('feature_head_only_roc_auc'))} |"
                           for site, r in loso["held_out"].items())
         text += f"""
 ## Leave one site out
 The same recipe trained without a site (its own grouped CV choosing epochs and threshold), then scored once on
 the site left out — a hospital it never saw:
 
-| held-out site | trained on | ROIs | ROC AUC | balanced acc. | sensitivity | specificity |
-|---|---|---|---|---|---|---|
+| held-out site | trained on | ROIs | ROC AUC | balanced acc. | sensitivity | specificity | AUC CNN alone | AUC head alone |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 """
     return text
@@ -83,6 +84,21 @@ def _recipe_text(settings: dict) -> str:
     return text
 
 
+def _head_text(doc: dict) -> str:
+    parts = doc.get("oof_parts")
+    if not parts:
+        return ""
+    st = doc["settings"]
+    return f"""
+
+**Feature head.** Beside the CNN, `feature_head.safetensors`: standardisation + class-balanced logistic regression
+(L2, C = {st['feature_head_c']}) on LiteMedSAM's image embedding pooled inside the lesion mask and in a ring around
+it (512 numbers; the pipeline computes the embedding for segmentation anyway). p(malignant) is the mean of the two
+models' logits; the threshold and every figure below are those of the combination. Out of fold, each alone: CNN
+ROC AUC {_fmt(parts['cnn_only']['roc_auc'])}, head {_fmt(parts['feature_head_only']['roc_auc'])}, combined
+{_fmt(doc['oof']['roc_auc'])}."""
+
+
 def write_model_card(path: Path, doc: dict, loso: dict | None = None) -> Path:
     """MODEL_CARD.md from the metrics document (can be re-run on an existing metrics.json), with the
     leave-one-site-out report when one was measured for the recipe."""
@@ -102,7 +118,7 @@ def write_model_card(path: Path, doc: dict, loso: dict | None = None) -> Path:
 ResNet18 (torchvision architecture, {'initialised from ' + str(st['init']) if st.get('init') else 'random initialisation — no ImageNet weights'}), 1-channel 128×128 input,
 dropout {st['dropout']} before a 2-class head (benign, malignant). Output: p(malignant) = softmax of the head.
 Weights: `weights.safetensors` (fp16; largest probability change vs fp32 on 64 training ROIs:
-{doc['final']['fp16_max_probability_change']:.2e}). Test-time augmentation (left-right flip): {'on' if st['tta'] else 'off'}.
+{doc['final']['fp16_max_probability_change']:.2e}). Test-time augmentation (left-right flip): {'on' if st['tta'] else 'off'}.{_head_text(doc)}
 
 Input: a ROI made by `branet_pacs.imaging.roi.extract_roi` — the lesion box made square, widened by a margin of
 {data['margin']} of its side, padded with black outside the image, stretched to its own 1st–99th percentiles,

@@ -10,6 +10,9 @@ Procedure (what MODEL_CARD.md states, `train.cards`):
    threshold chosen on the *other* folds' OOF predictions, so no fold is scored with a cut tuned on itself.
 4. Shipped model: retrained on all ROIs with the same schedule, stopped at the median of the folds' best epochs
    (one 11 M-parameter network, 22 MB in fp16; a 5-fold ensemble would be five times that in the repository).
+5. `--feature-head`: a logistic regression on LiteMedSAM lesion features (`models.feature_head`) is fitted on the
+   same training folds; the OOF figures and the threshold are those of the CNN + head combination, the parts are
+   reported alone too, and the shipped head is fitted on all ROIs.
 
 Everything resumable: `OUT/checkpoints/fold<k>/last.pt` after each epoch (loaded with weights_only=True),
 `done.json` when a fold is finished.
@@ -42,14 +45,18 @@ from branet_pacs.datasets.rois import RoiSet, load_roi_set, load_roi_sets, read_
 from branet_pacs.evaluation import metrics as M
 from branet_pacs.evaluation import plots
 from branet_pacs.models.classifier import MALIGNANT_CLASS, build_resnet18, load_classifier_networks, save_classifier
+from branet_pacs.models.feature_head import DEFAULT_C, FeatureHead, combine
+from branet_pacs.models.feature_head import FEATURES as HEAD_FEATURES
 from branet_pacs.models.manifest import ModelEntry, file_sha256, register_model
 from branet_pacs.models.runtime import configure_torch, select_device
 from branet_pacs.train.augment import augment_rois, augment_settings
 from branet_pacs.train.cards import write_model_card
+from branet_pacs.train.lesion_features import roi_features
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "weights.safetensors"
+HEAD_FILE = "feature_head.safetensors"
 SYNTHETIC_PREFIX = "synthetic:"
 
 
@@ -76,6 +83,8 @@ class ClassifierTrainSettings:
     split_seed: int | None = None  # seed of the fold split (default: seed); fix it to compare or ensemble inits
     ema: float = 0.0              # decay of an exponential moving average of the weights (0: off); EMA is scored
     mixup: float = 0.0            # Beta(a, a) parameter of mixup between training ROIs (0: off)
+    feature_head: bool = False    # also fit the LiteMedSAM-feature head; p(malignant) = logit mean of both
+    feature_head_c: float = DEFAULT_C   # its inverse L2 strength
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -338,7 +347,9 @@ def fit(name: str, x: torch.Tensor, y: torch.Tensor, settings: ClassifierTrainSe
 
 # --------------------------------------------------------------------------------------------- the whole job
 def _plan_signature(data: RoiSet, settings: ClassifierTrainSettings, synthetic: RoiSet | None) -> dict:
-    keep = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("device", "threads", "margin_views")}
+    # what the CNN folds depend on: the feature head is fitted after them, so adding it resumes the same folds
+    ignored = ("device", "threads", "margin_views", "feature_head", "feature_head_c")
+    keep = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ignored}
     return {"settings": keep, "files": list(data.files), "synthetic": list(synthetic.files) if synthetic else []}
 
 
@@ -366,8 +377,10 @@ def train_model(data_dirs: DataDirs, out_dir: str | Path, settings: ClassifierTr
     """Cross-validate (folds grouped by patient / identical image, across every site given), pick the threshold,
     train and save the shipped model; returns the metrics document."""
     dirs = _dirs(data_dirs)
-    document, _ = _train(load_roi_sets(dirs), _data_info(dirs), Path(out_dir), settings, resume=resume,
-                         synthetic_dir=synthetic_dir, version=version, name=name, register=register)
+    features = roi_features(dirs, settings.device) if settings.feature_head else None
+    document, _, _ = _train(load_roi_sets(dirs), _data_info(dirs), Path(out_dir), settings, resume=resume,
+                            synthetic_dir=synthetic_dir, version=version, name=name, register=register,
+                            features=features)
     return document
 
 
@@ -377,6 +390,7 @@ def leave_one_site_out(data_dirs: DataDirs, out_dir: str | Path, settings: Class
     left out scored once with that model and threshold — what a hospital that was never seen would get."""
     dirs = _dirs(data_dirs)
     data, info, out = load_roi_sets(dirs), _data_info(dirs), Path(out_dir)
+    features = roi_features(dirs, settings.device) if settings.feature_head else None
     sites = sorted(set(data.sites))
     if len(sites) < 2:
         raise ValueError(f"--validate-by site needs ROIs of at least two sites, got {sites}")
@@ -387,16 +401,24 @@ def leave_one_site_out(data_dirs: DataDirs, out_dir: str | Path, settings: Class
         kept = np.array([i for i, s in enumerate(data.sites) if s != site])
         log.info("leave-one-site-out: training without %s (%d ROIs), scoring %s (%d ROIs)", site, len(kept), site,
                  len(held))
-        document, model = _train(data.subset(kept), info, out / f"without-{site}", settings, resume=resume,
-                                 synthetic_dir=synthetic_dir, register=False)
-        p = predict(model.to(device), torch.from_numpy(data.pixels[held]), device, settings.tta)
+        # registered in OUT/manifest.json, so `branet evaluate(-images)` can load it like a shipped model
+        document, model, head = _train(data.subset(kept), info, out / f"without-{site}", settings, resume=resume,
+                                       synthetic_dir=synthetic_dir, version=f"without-{site}",
+                                       features=None if features is None else features[kept])
+        p_cnn = predict(model.to(device), torch.from_numpy(data.pixels[held]), device, settings.tta)
+        p = p_cnn if head is None else combine(p_cnn, head.predict(features[held]))
+        y = data.labels[held]
         report["held_out"][site] = {
             "trained_on": sorted(set(data.sites) - {site}), "n_train": int(len(kept)),
             "train_cv_roc_auc": document["summary"]["roc_auc"]["mean"], "threshold": document["threshold"],
-            **M.binary_metrics(data.labels[held], p, document["threshold"])}
+            **M.binary_metrics(y, p, document["threshold"])}
+        if head is not None:   # each part alone, for the record (AUC does not need a threshold)
+            report["held_out"][site]["cnn_only_roc_auc"] = M.binary_metrics(y, p_cnn, 0.5)["roc_auc"]
+            report["held_out"][site]["feature_head_only_roc_auc"] = M.binary_metrics(
+                y, head.predict(features[held]), 0.5)["roc_auc"]
         (out / f"without-{site}" / f"predictions-{site}.csv").write_text(
-            "file,truth,p_malignant\n" + "".join(f"{data.files[i]},{int(data.labels[i])},{q:.6f}\n"
-                                                 for i, q in zip(held, p)))
+            "file,truth,p_malignant,p_cnn\n" + "".join(f"{data.files[i]},{int(data.labels[i])},{q:.6f},{c:.6f}\n"
+                                                       for i, q, c in zip(held, p, p_cnn)))
     out.mkdir(parents=True, exist_ok=True)
     (out / LOSO_REPORT).write_text(json.dumps(M.json_safe(report), indent=2) + "\n")
     return report
@@ -404,7 +426,9 @@ def leave_one_site_out(data_dirs: DataDirs, out_dir: str | Path, settings: Class
 
 def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSettings, *, resume: bool,
            synthetic_dir: str | Path | None, version: str | None = None, name: str | None = None,
-           register: bool = True) -> tuple[dict, nn.Module]:
+           register: bool = True, features: np.ndarray | None = None) -> tuple[dict, nn.Module, FeatureHead | None]:
+    """Grouped CV, threshold, final model (and, with `features` row for row with `data`, the feature head fitted
+    on the same training folds; the out-of-fold figures and the threshold are then those of the combination)."""
     started = time.perf_counter()
     ckpt = out / "checkpoints"
     configure_torch(settings.threads)
@@ -454,6 +478,16 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
         oof_fold[val_idx] = k
         fold_results.append(result)
 
+    parts = None
+    if features is not None:
+        oof_cnn, oof_head = oof.copy(), np.full(len(data), np.nan)
+        for k, (train_idx, val_idx) in enumerate(folds, start=1):
+            head = FeatureHead.fit(features[train_idx], ys[train_idx], settings.feature_head_c)
+            head.save(ckpt / f"fold{k}" / HEAD_FILE)   # beside best.safetensors: out-of-fold image evaluation
+            oof_head[val_idx] = head.predict(features[val_idx])
+        oof = combine(oof_cnn, oof_head).astype(np.float64)
+        parts = {name: M.binary_metrics(ys, values, M.youden_threshold(ys, values))
+                 for name, values in (("cnn_only", oof_cnn), ("feature_head_only", oof_head))}
     threshold = M.youden_threshold(ys, oof)
     per_fold = []
     for k, result in enumerate(fold_results, start=1):
@@ -473,6 +507,10 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
     final_model = final_run.model.cpu().to(memory_format=torch.contiguous_format).eval()
     weights_path = out / WEIGHTS_FILE
     save_classifier(final_model, weights_path, half=True)
+    final_head = None
+    if features is not None:
+        final_head = FeatureHead.fit(features, ys, settings.feature_head_c)
+        final_head.save(out / HEAD_FILE)
     shipped = load_classifier_networks(weights_path, settings.dropout)[0]
     sample = xs[: min(64, len(data))]
     fp16_gap = float(np.max(np.abs(predict(final_model, sample, torch.device("cpu"), settings.tta)
@@ -495,6 +533,8 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
         "folds": per_fold,
         "summary": M.summarise(per_fold),
         "oof": M.binary_metrics(ys, oof, threshold),
+        # with the feature head: each part alone out of fold (each at its own Youden threshold)
+        "oof_parts": parts,
         # the one threshold, site by site (out of fold): does it hold at every hospital?
         "oof_by_site": {site: M.binary_metrics(ys[np.array(data.sites) == site], oof[np.array(data.sites) == site],
                                                threshold) for site in sorted(set(data.sites))},
@@ -514,16 +554,20 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
     (out / "oof_predictions.csv").write_text(
         "file,truth,p_malignant,fold\n" + "".join(f"{f},{int(t)},{p:.6f},{k}\n"
                                                   for f, t, p, k in zip(data.files, ys, oof, oof_fold)))
+    extra = {"dropout": settings.dropout, "tta": settings.tta, "architecture": "resnet18-1ch-2cls", "members": 1,
+             "cv_roc_auc": round(document["summary"]["roc_auc"]["mean"], 4),
+             "cv_balanced_accuracy": round(document["summary"]["balanced_accuracy"]["mean"], 4)}
+    if final_head is not None:
+        extra["feature_head"] = {"file": f"{out.name}/{HEAD_FILE}", "sha256": file_sha256(out / HEAD_FILE),
+                                 "features": HEAD_FEATURES, "C": settings.feature_head_c,
+                                 "combine": "mean of the CNN's and the head's logits"}
     if register:
         entry = ModelEntry(
             name=name, kind="classifier", modality=settings.modality.upper(), version=version,
             file=f"{out.name}/{WEIGHTS_FILE}", sha256=file_sha256(weights_path), threshold=round(threshold, 6),
-            input=classifier_input_spec(margin, settings.margin_views),
-            extra={"dropout": settings.dropout, "tta": settings.tta, "architecture": "resnet18-1ch-2cls",
-                   "members": 1, "cv_roc_auc": round(document["summary"]["roc_auc"]["mean"], 4),
-                   "cv_balanced_accuracy": round(document["summary"]["balanced_accuracy"]["mean"], 4)})
+            input=classifier_input_spec(margin, settings.margin_views), extra=extra)
         register_model(out.parent, entry)
-    return document, final_model
+    return document, final_model, final_head
 
 
 def classifier_input_spec(margin: float, margin_views: Sequence[float] = ()) -> dict:

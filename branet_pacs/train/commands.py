@@ -60,6 +60,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scanner-aug", action="store_true",
                    help="also augment what another scanner changes: blur, lower resolution, depth-dependent gain (US), "
                         "wider gamma and contrast")
+    p.add_argument("--feature-head", action="store_true",
+                   help="also fit a logistic-regression head on LiteMedSAM lesion features (computed from the "
+                        "ROIs' source images, cached in each ROI folder) and combine it with the CNN")
     p.add_argument("--ema", type=float, default=0.0,
                    help="score and ship an exponential moving average of the weights with this decay per step, "
                         "e.g. 0.99 (0 = off)")
@@ -86,14 +89,16 @@ def _run_train(args: argparse.Namespace) -> int:
         synthetic_ratio=args.synthetic_ratio, device=args.device, threads=args.threads, tta=args.tta,
         precision=args.precision, init=str(args.init) if args.init else None,
         roi_jitter=args.roi_jitter, scanner_aug=args.scanner_aug, margin_views=args.margin_views,
-        split_seed=args.split_seed,
+        split_seed=args.split_seed, feature_head=args.feature_head,
         ema=args.ema, mixup=args.mixup)
     if args.validate_by == "site":
         report = leave_one_site_out(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic)
         print(f"{'held-out site':14} {'ROIs':>5} {'ROC AUC':>8} {'bal.acc':>8} {'sens':>6} {'spec':>6}  trained on")
         for site, r in report["held_out"].items():
             print(f"{site:14} {r['n']:5d} {r['roc_auc']:8.4f} {r['balanced_accuracy']:8.4f} {r['sensitivity']:6.3f} "
-                  f"{r['specificity']:6.3f}  {'+'.join(r['trained_on'])} (CV AUC {r['train_cv_roc_auc']:.4f})")
+                  f"{r['specificity']:6.3f}  {'+'.join(r['trained_on'])} (CV AUC {r['train_cv_roc_auc']:.4f})"
+                  + (f"; CNN alone {r['cnn_only_roc_auc']:.4f}, head alone {r['feature_head_only_roc_auc']:.4f}"
+                     if "cnn_only_roc_auc" in r else ""))
         print(f"wrote {args.out}/leave-one-site-out.json")
         return 0
     result = train_model(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic,

@@ -390,3 +390,75 @@ def test_classifier_margin_views_average_rois_cut_at_each_margin(tmp_path: Path)
     np.testing.assert_allclose(views.predict_boxes(image, boxes, margin=0.15), averaged, atol=1e-6)
     assert not np.allclose(single, averaged)
     assert views.predict_boxes(image, [], margin=0.15).shape == (0,)
+
+
+def _head_for(models: Path, name: str, rng: np.random.Generator):
+    from branet_pacs.models.feature_head import FeatureHead
+
+    labels = np.arange(40) % 2
+    features = rng.normal(0, 1, (40, 512)).astype(np.float32) + labels[:, None] * 0.5
+    head = FeatureHead.fit(features, labels, C=0.1)
+    path = models / name / "feature_head.safetensors"
+    head.save(path)
+    return head, {"file": f"{name}/feature_head.safetensors", "sha256": file_sha256(path)}
+
+
+def test_classifier_with_a_feature_head_combines_and_checks_it(tmp_path: Path) -> None:
+    from branet_pacs.models.feature_head import combine
+
+    torch.manual_seed(5)
+    net = build_resnet18().eval()
+    models = _models_dir_with_classifier(tmp_path, net)
+    head, spec = _head_for(models, "us-test", np.random.default_rng(6))
+    entry = _entry("us-test", "us-test/weights.safetensors", file_sha256(models / "us-test" / "weights.safetensors"),
+                   version="2.0.0", threshold=0.4, extra={"feature_head": spec})
+    register_model(models, entry)
+    clf = MalignancyClassifier.load(models, "US", device="cpu")
+    assert clf.feature_head is not None and clf.weights_sha256 == (entry.sha256, spec["sha256"])
+    image = np.random.default_rng(7).uniform(size=(150, 200)).astype(np.float32)
+    boxes = [(20, 30, 80, 90), (100, 40, 160, 110)]
+    features = np.random.default_rng(8).normal(0, 1, (2, 512)).astype(np.float32)
+    cnn = MalignancyClassifier(entry, clf._networks, clf.device).predict_boxes(image, boxes, 0.15)
+    np.testing.assert_allclose(clf.predict_boxes(image, boxes, 0.15, features),
+                               combine(cnn, head.predict(features)), atol=1e-6)
+    with pytest.raises(ValueError, match="feature head"):
+        clf.predict_boxes(image, boxes, 0.15)           # a head without its features is a bug, not a silent CNN
+    (models / "us-test" / "feature_head.safetensors").write_bytes(b"tampered")
+    with pytest.raises(ModelUnavailable, match="SHA-256"):
+        MalignancyClassifier.load(models, "US", device="cpu")
+
+
+def test_pipeline_feeds_litemedsam_features_of_each_lesion_to_the_head(tmp_path: Path) -> None:
+    """Given boxes, real LiteMedSAM: the finding's p(malignant) is the CNN's combined with the head's on the pooled
+    embedding of that lesion's mask; the identity (and so the UIDs) includes the head's checksum."""
+    import dataclasses
+
+    import pydicom
+
+    from branet_pacs.config import load_config
+    from branet_pacs.models.feature_head import combine
+    from branet_pacs.models.segmenter import LiteMedSAMSegmenter, pooled_embedding
+    from branet_pacs.pipeline import Analyzer
+    from branet_pacs.types import BreastImage
+
+    torch.manual_seed(9)
+    models = _models_dir_with_classifier(tmp_path, build_resnet18().eval())
+    head, spec = _head_for(models, "us-test", np.random.default_rng(10))
+    weights_sha = file_sha256(models / "us-test" / "weights.safetensors")
+    register_model(models, _entry("us-test", "us-test/weights.safetensors", weights_sha, version="2.0.0",
+                                  threshold=0.4, extra={"feature_head": spec}))
+    yy, xx = np.mgrid[:160, :220]
+    pixels = np.full((160, 220), 0.6, np.float32)
+    pixels[(yy - 70) ** 2 / 30 ** 2 + (xx - 90) ** 2 / 45 ** 2 < 1] = 0.1
+    image = BreastImage(dataset=pydicom.Dataset(), pixels=pixels, modality="US", frame_number=None,
+                        frame_shape=pixels.shape, region=(0, 0, 220, 160), breast_mask=None)
+    analyzer = Analyzer(dataclasses.replace(load_config(), models_dir=str(models), threads=1, device="cpu"))
+    (finding,) = analyzer.find_lesions(image, [(40, 35, 140, 110)])
+    segmenter = LiteMedSAMSegmenter("cpu")
+    embedding = segmenter.embed(pixels)
+    features = pooled_embedding(embedding, finding.mask)[None]
+    clf = analyzer.classifier("US")
+    cnn = MalignancyClassifier(clf.entry, clf._networks, clf.device).predict_boxes(
+        pixels, [finding.box], analyzer.roi_margin("US"))
+    assert finding.p_malignant == pytest.approx(float(combine(cnn, head.predict(features))[0]), abs=1e-5)
+    assert analyzer.model_identity("US", automatic=False).weights_sha256 == (weights_sha, spec["sha256"])

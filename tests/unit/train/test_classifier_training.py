@@ -312,3 +312,46 @@ def test_leave_one_site_out_scores_each_site_with_a_model_that_never_saw_it(tmp_
     assert json.loads((tmp_path / "loso" / "leave-one-site-out.json").read_text())["sites"] == ["site-a", "site-b"]
     with pytest.raises(ValueError, match="two sites"):
         trainer.leave_one_site_out([a], tmp_path / "one", settings)
+
+
+def _fake_features(roots, device="cpu"):
+    """Stands in for LiteMedSAM (tested on real images in test_lesion_features): features that carry the label."""
+    labels = np.concatenate([trainer.load_roi_set(r).labels for r in roots])
+    features = np.random.default_rng(len(labels)).normal(0, 1, (len(labels), 512)).astype(np.float32)
+    features += labels[:, None] * 1.0
+    return features
+
+
+def test_feature_head_is_fitted_on_the_same_folds_and_shipped_beside_the_cnn(tmp_path: Path, monkeypatch) -> None:
+    from branet_pacs.models.classifier import MalignancyClassifier
+
+    monkeypatch.setattr(trainer, "roi_features", _fake_features)
+    a = _site(tmp_path / "a", "site-a", 6, seed=7)
+    settings = dataclasses.replace(SETTINGS, synthetic_ratio=0.0, epochs=1, feature_head=True)
+    out = tmp_path / "models" / "with-head"
+    doc = train_model([a], out, settings, version="0.0.1")
+    assert set(doc["oof_parts"]) == {"cnn_only", "feature_head_only"}
+    assert doc["oof_parts"]["feature_head_only"]["roc_auc"] > 0.9          # the fake features carry the label
+    for fold in (1, 2):
+        assert (out / "checkpoints" / f"fold{fold}" / "feature_head.safetensors").is_file()
+    clf = MalignancyClassifier.load(tmp_path / "models", "US", device="cpu")
+    assert clf.feature_head is not None and len(clf.weights_sha256) == 2
+    assert "**Feature head.**" in (out / "MODEL_CARD.md").read_text()
+    # the head does not change the CNN's folds: the same run resumes without it (and with it again)
+    train_model([a], out, dataclasses.replace(settings, feature_head=False), resume=True, version="0.0.1",
+                register=False)
+
+
+def test_leave_one_site_out_with_the_head_reports_each_part_and_registers_its_models(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    monkeypatch.setattr(trainer, "roi_features", _fake_features)
+    a, b = _site(tmp_path / "a", "site-a", 6, seed=8), _site(tmp_path / "b", "site-b", 6, seed=9)
+    settings = dataclasses.replace(SETTINGS, synthetic_ratio=0.0, epochs=1, feature_head=True)
+    report = trainer.leave_one_site_out([a, b], tmp_path / "loso", settings)
+    for site in ("site-a", "site-b"):
+        held = report["held_out"][site]
+        assert {"cnn_only_roc_auc", "feature_head_only_roc_auc"} <= set(held)
+    from branet_pacs.models.manifest import read_manifest
+
+    names = {e.name for e in read_manifest(tmp_path / "loso")}
+    assert names == {"without-site-a", "without-site-b"}                     # loadable by branet evaluate(-images)

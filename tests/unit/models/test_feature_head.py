@@ -1,0 +1,43 @@
+"""The LiteMedSAM-feature head: fitting, safetensors round trip, the logit-mean combination, and the classifier
+loading it (checksum-verified) from the manifest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from branet_pacs.models.errors import ModelUnavailable
+from branet_pacs.models.feature_head import FeatureHead, combine
+
+
+def _separable(rng: np.random.Generator, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.arange(n) % 2
+    features = rng.normal(0, 1, (n, 512)).astype(np.float32)
+    features[:, :8] += labels[:, None] * 1.5
+    return features, labels
+
+
+def test_head_learns_and_round_trips_through_safetensors(tmp_path) -> None:
+    features, labels = _separable(np.random.default_rng(0))
+    head = FeatureHead.fit(features, labels, C=0.1)
+    p = head.predict(features)
+    assert p.shape == (60,) and p[labels == 1].mean() > p[labels == 0].mean() + 0.2
+    head.save(tmp_path / "head.safetensors")
+    again = FeatureHead.load(tmp_path / "head.safetensors")
+    np.testing.assert_allclose(again.predict(features), p, atol=1e-6)
+    with pytest.raises(ValueError, match="512 features"):
+        head.predict(features[:, :10])
+
+
+def test_a_damaged_head_file_is_a_clear_model_error(tmp_path) -> None:
+    (tmp_path / "head.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelUnavailable, match="cannot read feature head"):
+        FeatureHead.load(tmp_path / "head.safetensors")
+
+
+def test_combination_is_the_logit_mean() -> None:
+    p = np.array([0.1, 0.5, 0.9], dtype=np.float32)
+    np.testing.assert_allclose(combine(p, p), p, atol=1e-6)
+    np.testing.assert_allclose(combine(p, 1 - p), 0.5, atol=1e-6)           # opposite opinions cancel
+    np.testing.assert_allclose(combine(np.array([0.2]), np.array([0.8])), combine(np.array([0.8]), np.array([0.2])))
+    assert combine(np.array([0.0]), np.array([1.0]))[0] == pytest.approx(0.5)  # clipped, never nan

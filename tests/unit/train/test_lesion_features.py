@@ -1,0 +1,50 @@
+"""LiteMedSAM lesion features of an ROI folder, computed from its source images (real LiteMedSAM), and cached."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import blob_case
+
+from branet_pacs.datasets.cases import load_gray
+from branet_pacs.datasets.rois import PrepareReport, load_roi_set, write_roi_dataset
+from branet_pacs.models.segmenter import LiteMedSAMSegmenter, pooled_embedding
+from branet_pacs.train import lesion_features
+
+
+def test_features_follow_the_roi_order_and_are_cached(tmp_path: Path, monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    benign, other = blob_case(rng, src / "benign", "b1"), blob_case(rng, src / "malignant", "m1")
+    malignant = dataclasses.replace(other, category="malignant",
+                                    lesions=tuple(dataclasses.replace(les, label="malignant") for les in other.lesions))
+    cases = [benign, malignant]
+    rois = tmp_path / "rois"
+    write_roi_dataset(cases, rois, PrepareReport("synthetic", str(src), 0.15))
+    features = lesion_features.folder_features(rois)
+    data = load_roi_set(rois)
+    assert features.shape == (len(data), 512) and np.isfinite(features).all()
+
+    # the first row is the benign case: LiteMedSAM on its source image, prompted with its box
+    segmenter = LiteMedSAMSegmenter("cpu")
+    image = load_gray(cases[0].path)
+    embedding = segmenter.embed(image)
+    (mask,) = segmenter.decode(embedding, [cases[0].lesions[0].box])
+    np.testing.assert_allclose(features[0], pooled_embedding(embedding, mask), atol=1e-5)
+
+    monkeypatch.setattr(LiteMedSAMSegmenter, "embed", lambda *a: pytest.fail("the cache was not used"))
+    np.testing.assert_array_equal(lesion_features.folder_features(rois), features)
+
+
+def test_features_need_the_source_images(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    src = tmp_path / "src"
+    rois = tmp_path / "rois"
+    write_roi_dataset([blob_case(rng, src / "benign", "b1")], rois, PrepareReport("synthetic", str(src), 0.15))
+    shutil.rmtree(src)
+    with pytest.raises(FileNotFoundError, match="source images"):
+        lesion_features.folder_features(rois)
