@@ -158,7 +158,7 @@ def read_cases(datasets: Sequence[tuple[str, Path]]) -> dict[str, list[Case]]:
 
 def evaluate_images(datasets: Sequence[tuple[str, Path]], models_dir: Path, include_normal: bool, out_of_fold: bool,
                     limit: int | None = None, device: str = "auto", classifier_dir: Path | None = None,
-                    ) -> tuple[dict, list[ImageScore]]:
+                    detector_dir: Path | None = None) -> tuple[dict, list[ImageScore]]:
     modalities = {modality_of(name) for name, _ in datasets}
     if len(modalities) != 1:
         raise SystemExit(f"--data: datasets of one modality at a time, got {sorted(modalities)}")
@@ -169,9 +169,16 @@ def evaluate_images(datasets: Sequence[tuple[str, Path]], models_dir: Path, incl
     config = dataclasses.replace(load_config(), models_dir=str(models_dir), segmentation=segmentation)
     analyzer = Analyzer(config)
     oof = OutOfFoldModels(models_dir, modality, cases_by_dataset, device, classifier_dir) if out_of_fold else None
-    if classifier_dir is not None and oof is None:
+    if oof is None and (classifier_dir or detector_dir):
         from branet_pacs.evaluation.rois import load_model
-        analyzer.use("classifier", modality, load_model(classifier_dir, device))
+        from branet_pacs.models.detector import LesionDetector
+        if classifier_dir:
+            analyzer.use("classifier", modality, load_model(classifier_dir, device))
+        if detector_dir:
+            analyzer.use("detector", modality, LesionDetector.load(Path(detector_dir).parent, modality, device,
+                                                                   name=Path(detector_dir).name))
+    elif oof is not None and detector_dir:
+        raise SystemExit("--detector with --out-of-fold: the fold members of the manifest's detector are used")
     chosen = [c for cases in cases_by_dataset.values() for c in cases if include_normal or c.category != "normal"]
     if limit:
         chosen = chosen[:: max(1, len(chosen) // limit)][:limit]
@@ -253,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"--data: unknown dataset '{name}' (known: {', '.join(sorted(READERS))})")
     report, scores = evaluate_images(datasets, Path(args.models_dir).resolve(), args.include_normal,
                                      args.out_of_fold, args.limit, args.device,
-                                     Path(args.classifier) if args.classifier else None)
+                                     Path(args.classifier) if args.classifier else None,
+                                     Path(args.detector) if args.detector else None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -280,5 +288,8 @@ def register(subparsers) -> None:
     parser.add_argument("--classifier", default=None,
                         help="classifier model folder to use instead of the manifest's (registered in its parent's "
                              "manifest.json), e.g. a leave-one-site-out model var/train/X/without-bus-uclm")
+    parser.add_argument("--detector", default=None,
+                        help="detector model folder to use instead of the manifest's, e.g. a leave-one-site-out "
+                             "detector var/train/X/without-busi of `branet train-detector --validate-by site`")
     parser.add_argument("--device", default="auto")
     parser.set_defaults(func=run)

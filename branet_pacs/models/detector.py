@@ -311,12 +311,14 @@ class LesionDetector:
         self.net.to(self.device).eval()
 
     @classmethod
-    def load(cls, models_dir: str | Path, modality: str, device: str = "auto") -> "LesionDetector":
-        """The detector registered for `modality` in `models_dir/manifest.json` (sha256-verified weights)."""
+    def load(cls, models_dir: str | Path, modality: str, device: str = "auto",
+             name: str | None = None) -> "LesionDetector":
+        """The detector registered for `modality` in `models_dir/manifest.json` (highest version, or the one called
+        `name`; sha256-verified weights)."""
         from branet_pacs.models import manifest
         from branet_pacs.models.runtime import select_device
 
-        entry = manifest.find_model(models_dir, kind=MODEL_KIND, modality=modality)
+        entry = manifest.find_model(models_dir, kind=MODEL_KIND, modality=modality, name=name)
         path = manifest.verified_weights_path(models_dir, entry)
         detector = cls.from_weights(path, name=entry.name, version=entry.version, modality=entry.modality,
                                     device=select_device(device))

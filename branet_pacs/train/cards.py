@@ -193,6 +193,23 @@ def _segmentation_text(report: dict | None) -> str:
             f"{key.rsplit('_', 1)[-1]} as 0: {_fmt(report[key])}. {by}.")
 
 
+def _detector_sites_text(metrics: dict, threshold: float) -> str:
+    by_site = metrics.get("out_of_fold_by_site")
+    if not by_site:
+        return ""
+    rows = "\n".join(
+        f"| {site} | {m['images']} | {_fmt(m['at_min_score']['lesion'].get('hit_rate_iou50'))} | "
+        f"{_fmt(m['top1_any_score']['lesion'].get('top1_hit_rate_iou50'))} | "
+        f"{_fmt(m['at_min_score'].get('normal', {}).get('false_proposals_per_normal_image'))} |"
+        for site, m in by_site.items())
+    return f"""
+### Site by site (out of fold)
+| site | images | hit@0.5 (min_score {threshold}) | top-1 hit@0.5 | false/normal img |
+|---|---|---|---|---|
+{rows}
+"""
+
+
 def write_detector_card(path: Path, name: str, version: str, modality: str, kind: str, metrics: dict,
                         segmentation: dict | None = None) -> Path:
     """The lesion detector's MODEL_CARD.md from its metrics document (and the LiteMedSAM report when present)."""
@@ -214,13 +231,17 @@ def write_detector_card(path: Path, name: str, version: str, modality: str, kind
     s = metrics["settings"]
     ex = metrics["extraction"]
     excluded = metrics.get("excluded_films_without_centre") or []
-    data_text = {
+    texts = {
         "busi": "BUSI (development 80 % split held here): benign, malignant and normal breast-ultrasound images with "
                 "lesion masks; the union of an image's masks is the target, normal images are all-background.",
         "mias": "mini-MIAS films (development 80 % split held here): disk masks from the Info.txt centre and radius "
                 "(origin bottom-left, row = 1024 - Y); normal films are all-background; films with an abnormality "
                 f"but no centre left out ({', '.join(excluded) or 'none'}). The breast mask limits the input.",
-    }.get(kind, f"{kind}: lesion masks per image; normal images are all background.")
+        "bus-uclm": "BUS-UCLM (Spain, Siemens ACUSON S2000; licence CC BY-NC 4.0): benign, malignant and normal frames "
+                    "with lesion masks, grouped by patient; frames whose mask does not fit the image left out.",
+    }
+    data_text = " ".join(texts.get(k, f"{k}: lesion masks per image; normal images are all background.")
+                         for k in kind.split("+"))
     text = f"""# {name} — lesion detector ({modality}), version {version}
 
 **Research use only. Not a medical device.** Proposes lesion boxes on a whole {modality} image for the automatic
@@ -239,7 +260,7 @@ Score = peak probability. Recommended `min_score`: **{threshold}** (the manifest
 ## Data
 {data_text}
 Images: {metrics['images']} ({', '.join(f'{k} {v}' for k, v in metrics['categories'].items())}),
-{metrics['lesion_boxes']} lesion boxes. Citation: {citation_of(kind)}
+{metrics['lesion_boxes']} lesion boxes. Citation: {' '.join(citation_of(k) for k in kind.split('+'))}
 
 ## Training
 BCE + batch soft-Dice loss; AdamW lr {s['lr']} (warm-up + cosine), weight decay {s['weight_decay']}, batch
@@ -261,13 +282,14 @@ The extraction settings (region level, expansion) were chosen on these out-of-fo
 mild optimistic bias. Fold members in the ensemble are each validated here; the ensemble itself has no held-out
 estimate from this data.
 
+{_detector_sites_text(metrics, threshold)}
 ### Segmenting the proposal
 {_segmentation_text(segmentation)}
 
 ## Intended use and limitations
 Research only: a first stage that proposes where to look. It misses lesions (see the table) and proposes false
 ones; every output needs a reader. Trained on one public dataset per modality: other scanners, presets, digital
-mammography (vs digitised film) and populations will shift its scores. {'BUSI carries no patient ids, so images of one woman may fall in different folds (optimistic). Some BUSI images show caliper marks that can act as shortcuts.' if kind == 'busi' else 'mini-MIAS is small (tens of lesions), digitised film at 200 um, with coarse circular annotations; architectural distortions and asymmetries are hard to box.'}
+mammography (vs digitised film) and populations will shift its scores. {'BUSI carries no patient ids, so images of one woman may fall in different folds (optimistic). Some BUSI and BUS-UCLM images show caliper marks that can act as shortcuts.' if 'busi' in kind else 'mini-MIAS is small (tens of lesions), digitised film at 200 um, with coarse circular annotations; architectural distortions and asymmetries are hard to box.'}
 """
     path.write_text(text)
     return path

@@ -27,7 +27,7 @@ from branet_pacs.datasets.readers import READERS, read_dataset
 from branet_pacs.evaluation.metrics import dice, json_safe
 from branet_pacs.evaluation.proposals import OOF_PROPOSALS, ImageProposals, proposal_metrics, write_oof_proposals
 from branet_pacs.train.augment import augment_letterboxed
-from branet_pacs.train.detector_data import CachedSet, build_cache, sample_crops, training_cases
+from branet_pacs.train.detector_data import CachedSet, build_cache, concat_caches, sample_crops, training_cases
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +234,21 @@ def tune_extraction(cache: CachedSet, heatmaps: dict[int, np.ndarray], spec):
 # --- the command ---------------------------------------------------------------------------------------------------
 
 
-def _settings_record(settings: DetectorTrainSettings, args: argparse.Namespace) -> dict:
-    return {"settings": asdict(settings), "data": args.data[0], "folds": args.folds}
+def _settings_record(settings: DetectorTrainSettings, args: argparse.Namespace, kinds: list[str]) -> dict:
+    record = {"settings": asdict(settings), "data": "+".join(kinds), "folds": args.folds}
+    if getattr(args, "validate_by", "group") == "site":
+        record["validate_by"] = "site"
+    return record
+
+
+def _datasets(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    datasets = [(kind.lower(), Path(src)) for kind, src in args.data]
+    for kind, _ in datasets:
+        if kind not in READERS:
+            raise SystemExit(f"--data: unknown dataset '{kind}' ({' or '.join(sorted(READERS))})")
+    if len({kind for kind, _ in datasets}) != len(datasets):
+        raise SystemExit("--data: each dataset once")
+    return datasets
 
 
 def train_detector(args: argparse.Namespace) -> int:
@@ -243,10 +256,8 @@ def train_detector(args: argparse.Namespace) -> int:
 
     from branet_pacs.models.runtime import configure_torch
 
-    kind, src = args.data[0].lower(), Path(args.data[1])
+    datasets = _datasets(args)
     modality = args.modality.upper()
-    if kind not in READERS:
-        raise SystemExit(f"--data: unknown dataset '{kind}' ({' or '.join(sorted(READERS))})")
     defaults = DEFAULTS[modality]
     folds = args.folds or defaults["folds"]
     args.folds = folds
@@ -262,13 +273,49 @@ def train_detector(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     lock = _lock_work(work)
     try:
-        return _train_locked(args, settings, kind, src, out, work)
+        if args.validate_by == "site":
+            return _leave_one_site_out(args, settings, datasets, out, work)
+        return _train_locked(args, settings, datasets, out, work)
     finally:
         os.close(lock)
 
 
-def _train_locked(args: argparse.Namespace, settings: DetectorTrainSettings, kind: str, src: Path, out: Path,
-                  work: Path) -> int:
+def _check_record(args: argparse.Namespace, settings: DetectorTrainSettings, kinds: list[str], work: Path) -> None:
+    """Refuse to resume a work folder made with other settings or data; clear a stale one when not resuming."""
+    record = _settings_record(settings, args, kinds)
+    record_path = work / "settings.json"
+    if args.resume and record_path.exists():
+        previous = json.loads(record_path.read_text())
+        if previous != json.loads(json.dumps(record)):
+            raise SystemExit(f"--resume: settings differ from the run in {work} ({previous} vs {record})")
+    elif not args.resume:
+        for stale in [*work.glob("fold*.pt"), *work.glob("oof-fold*.npz"), *work.glob("without-*.pt")]:
+            stale.unlink()
+    record_path.write_text(json.dumps(record, indent=2))
+
+
+def _load_caches(datasets: list[tuple[str, Path]], settings: DetectorTrainSettings,
+                 work: Path) -> tuple[CachedSet, list[str]]:
+    """Every dataset letterboxed once (cached per dataset in the work folder), concatenated; and the images left
+    out (e.g. a mini-MIAS abnormality without a centre)."""
+    caches, excluded = {}, []
+    for kind, src in datasets:
+        cache_path = work / f"cache-{kind}-{settings.size}-v{CACHE_VERSION}.npz"
+        cases = read_dataset(kind, src)
+        excluded += sorted(c.name for c in cases if not c.complete and c.path.is_file())
+        if cache_path.exists():
+            caches[kind] = CachedSet.load(cache_path)
+        else:
+            caches[kind] = build_cache(training_cases(cases), settings.size, settings.modality)
+            caches[kind].save(cache_path)
+        log.info("%s: %d images (%s), %d lesion boxes; cache %s", kind, len(caches[kind]),
+                 ", ".join(f"{c}: {int((caches[kind].categories == c).sum())}"
+                           for c in np.unique(caches[kind].categories)), len(caches[kind].boxes), cache_path)
+    return concat_caches(caches), excluded
+
+
+def _train_locked(args: argparse.Namespace, settings: DetectorTrainSettings, datasets: list[tuple[str, Path]],
+                  out: Path, work: Path) -> int:
     import torch
 
     from branet_pacs.evaluation.plots import plot_detector_history
@@ -276,28 +323,10 @@ def _train_locked(args: argparse.Namespace, settings: DetectorTrainSettings, kin
     from branet_pacs.train.cards import SEGMENTATION_REPORT, write_detector_card
 
     modality, folds = settings.modality, args.folds
-    record = _settings_record(settings, args)
-    record_path = work / "settings.json"
-    if args.resume and record_path.exists():
-        previous = json.loads(record_path.read_text())
-        if previous != json.loads(json.dumps(record)):
-            raise SystemExit(f"--resume: settings differ from the run in {work} ({previous} vs {record})")
-    elif not args.resume:
-        for stale in list(work.glob("fold*.pt")) + list(work.glob("oof-fold*.npz")):
-            stale.unlink()
-    record_path.write_text(json.dumps(record, indent=2))
-
-    cache_path = work / f"cache-{kind}-{settings.size}-v{CACHE_VERSION}.npz"
-    cases = read_dataset(kind, src)
-    excluded = sorted(c.name for c in cases if not c.complete and c.path.is_file())   # e.g. a lesion without centre
-    if cache_path.exists():
-        cache = CachedSet.load(cache_path)
-    else:
-        cache = build_cache(training_cases(cases), settings.size, settings.modality)
-        cache.save(cache_path)
-    log.info("%d images (%s), %d lesion boxes; cache %s", len(cache),
-             ", ".join(f"{c}: {int((cache.categories == c).sum())}" for c in np.unique(cache.categories)),
-             len(cache.boxes), cache_path)
+    kinds = [kind for kind, _ in datasets]
+    kind = "+".join(kinds)
+    _check_record(args, settings, kinds, work)
+    cache, excluded = _load_caches(datasets, settings, work)
 
     splits = make_folds(cache.categories, cache.groups, folds, args.seed)
     spec = DetectorSpec(size=settings.size, channels=settings.channels)
@@ -331,11 +360,12 @@ def _train_locked(args: argparse.Namespace, settings: DetectorTrainSettings, kin
         "dataset": kind, "modality": modality, "images": len(cache),
         "categories": {c: int((cache.categories == c).sum()) for c in np.unique(cache.categories)},
         "lesion_boxes": int(len(cache.boxes)), "excluded_films_without_centre": excluded,
-        "cross_validation": {"folds": folds, "grouped": True, "grouped_by_patient": kind == "mias", "seed": args.seed,
+        "cross_validation": {"folds": folds, "grouped": True, "grouped_by_patient": "busi" not in kinds, "seed": args.seed,
                              "fold_sizes": [int(len(v)) for _, v in splits], "model": "last epoch of each fold"},
         "settings": asdict(settings), "extraction": asdict(spec), "recommended_min_score": threshold,
         "out_of_fold": {"heatmap_dice_at_0.5": heatmap_dice(cache, oof),
                         "top1_any_score": top1, "by_min_score": sweep},
+        "out_of_fold_by_site": _by_site(cache, oof_images, threshold) if len(kinds) > 1 else None,
         "training_seconds": round(train_seconds, 1),
         "history": histories,
     }
@@ -354,6 +384,61 @@ def _train_locked(args: argparse.Namespace, settings: DetectorTrainSettings, kin
     lesion = next(m for m in sweep if m["min_score"] == threshold)["lesion"]
     print(f"{out.name}: out-of-fold hit rate @IoU0.5 {lesion['hit_rate_iou50']:.3f} (top-3, min_score {threshold}), "
           f"top-1 {top1['lesion']['top1_hit_rate_iou50']:.3f}; training {train_seconds / 60:.1f} min")
+    return 0
+
+
+def _by_site(cache: CachedSet, images: list[ImageProposals], min_score: float) -> dict:
+    """Out-of-fold proposal metrics of each site's images at `min_score` (top-3) and top-1 at any score."""
+    site_of = dict(zip((str(n) for n in cache.names), (str(s) for s in cache.sites)))
+    report = {}
+    for site in dict.fromkeys(str(s) for s in cache.sites):
+        mine = [image for image in images if site_of[image.name] == site]
+        report[site] = {"images": len(mine), "at_min_score": proposal_metrics(mine, min_score=min_score),
+                        "top1_any_score": proposal_metrics(mine, min_score=0.0, max_proposals=1)}
+    return report
+
+
+def _leave_one_site_out(args: argparse.Namespace, settings: DetectorTrainSettings, datasets: list[tuple[str, Path]],
+                        out: Path, work: Path) -> int:
+    """For every site: one detector trained on the other sites (the recipe has no selection on held-out data: fixed
+    epochs, last epoch, min_score fixed in advance, the default extraction), then the site left out scored once.
+    Each model is registered as `without-<site>` in OUT/manifest.json (evaluate-images --detector OUT/without-X)."""
+    from branet_pacs.models.detector import DetectorSpec, save_weights
+
+    kinds = [kind for kind, _ in datasets]
+    if len(kinds) < 2:
+        raise SystemExit("--validate-by site needs at least two --data sites")
+    _check_record(args, settings, kinds, work)
+    cache, _ = _load_caches(datasets, settings, work)
+    spec = DetectorSpec(size=settings.size, channels=settings.channels)
+    threshold = float(args.min_score)
+    report = {"sites": kinds, "settings": asdict(settings), "extraction": asdict(spec), "min_score": threshold,
+              "held_out": {}}
+    for site in kinds:
+        held = np.flatnonzero(cache.sites == site)
+        kept = np.flatnonzero(cache.sites != site)
+        log.info("leave-one-site-out: detector without %s (%d images), scoring %s (%d images)", site, len(kept),
+                 site, len(held))
+        net, history = train_fold(cache, kept, np.zeros(0, dtype=int), settings, work / f"without-{site}.pt", 0,
+                                  resume=True, progress=not args.quiet)
+        heat = predict_heatmaps([net], cache.inputs[held])
+        images = image_proposals(cache, dict(zip(held.tolist(), heat)), spec)
+        report["held_out"][site] = {
+            "trained_on": [k for k in kinds if k != site], "n_train": int(len(kept)), "images": int(len(held)),
+            "training_seconds": round(sum(h["seconds"] for h in history), 1),
+            "top1_any_score": proposal_metrics(images, min_score=0.0, max_proposals=1),
+            "by_min_score": [proposal_metrics(images, min_score=s) for s in sorted(set(SCORE_SWEEP) | {threshold})]}
+        folder = out / f"without-{site}"
+        weights = save_weights(folder / "weights.safetensors", [net], spec)
+        _register(folder, weights, f"without-{site}", settings.modality, spec, threshold, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leave-one-site-out.json").write_text(json.dumps(json_safe(report, digits=6), indent=2) + "\n")
+    print(f"{'held-out site':14} {'images':>6} {'top-1 hit@0.5':>14} {'hit@0.5 (min_score)':>20}  trained on")
+    for site, r in report["held_out"].items():
+        chosen = next(m for m in r["by_min_score"] if m["min_score"] == threshold)["lesion"]
+        print(f"{site:14} {r['images']:6d} {r['top1_any_score']['lesion']['top1_hit_rate_iou50']:14.3f} "
+              f"{chosen['hit_rate_iou50']:20.3f}  {'+'.join(r['trained_on'])}")
+    print(f"wrote {out / 'leave-one-site-out.json'}")
     return 0
 
 
@@ -390,8 +475,12 @@ def _register(out: Path, weights: Path, version: str, modality: str, spec, thres
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train-detector", help="train + cross-validate the lesion detector (heatmap U-Net) and register it")
-    parser.add_argument("--data", nargs=2, metavar=("DATASET", "SRC"), required=True,
-                        help="busi SRC (BUSI folders) or mias SRC (mini-MIAS films + Info.txt)")
+    parser.add_argument("--data", nargs=2, metavar=("DATASET", "SRC"), required=True, action="append",
+                        help="busi SRC (BUSI folders), bus-uclm SRC or mias SRC (mini-MIAS films + Info.txt); "
+                             "repeat it for several sites (folds grouped within each site)")
+    parser.add_argument("--validate-by", choices=("group", "site"), default="group",
+                        help="group (default): grouped k-fold CV and the shipped fold ensemble; site: one detector per "
+                             "site left out, trained on the others, scored on it (OUT/leave-one-site-out.json)")
     parser.add_argument("--modality", choices=("us", "mg", "US", "MG"), required=True)
     parser.add_argument("--out", required=True, help="models/NAME (weights, metrics, card; manifest in its parent)")
     parser.add_argument("--folds", type=int, default=0, help="cross-validation folds (default 3)")

@@ -50,6 +50,7 @@ class CachedSet:
     inners: np.ndarray        # (n, 2) int
     shapes: np.ndarray        # (n, 2) int: source image (h, w)
     boxes: np.ndarray         # (m, 5) int: case index, x0, y0, x1, y1 (ground-truth lesion boxes, source coords)
+    sites: np.ndarray | None = None   # (n,) str: the dataset of each image (set by `concat_caches`)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -69,16 +70,43 @@ class CachedSet:
         rows = self.boxes[self.boxes[:, 0] == index]
         return [tuple(int(v) for v in row[1:]) for row in rows]
 
+    def subset(self, index: np.ndarray) -> "CachedSet":
+        """The images at `index`, in that order (lesion boxes renumbered)."""
+        index = np.asarray(index, dtype=np.int64)
+        renumber = {int(old): new for new, old in enumerate(index)}
+        boxes = np.array([(renumber[int(b[0])], *b[1:]) for b in self.boxes if int(b[0]) in renumber],
+                         dtype=np.int64).reshape(-1, 5)
+        fields = {k: v[index] for k, v in asdict(self).items() if k != "boxes" and v is not None}
+        return CachedSet(**fields, boxes=boxes)
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{k: v for k, v in asdict(self).items()})
+        np.savez(tmp, **{k: v for k, v in asdict(self).items() if v is not None})
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> "CachedSet":
         with np.load(path, allow_pickle=False) as data:
             return cls(**{k: data[k] for k in data.files})
+
+
+def concat_caches(caches: dict[str, CachedSet]) -> CachedSet:
+    """Several datasets' caches as one, in the given order; with more than one, names and groups are prefixed by
+    the dataset (a group never spans two sites), and `sites` says where each image came from."""
+    sites = list(caches)
+    prefix = (lambda site, values: np.array([f"{site}/{v}" for v in values])) if len(sites) > 1 else \
+        (lambda site, values: values)
+    offsets = np.cumsum([0] + [len(c) for c in caches.values()])[:-1]
+    merged = {}
+    for key in ("inputs", "targets", "categories", "crops", "scales", "offsets", "inners", "shapes"):
+        merged[key] = np.concatenate([getattr(c, key) for c in caches.values()])
+    merged["names"] = np.concatenate([prefix(site, c.names) for site, c in caches.items()])
+    merged["groups"] = np.concatenate([prefix(site, c.groups) for site, c in caches.items()])
+    merged["sites"] = np.concatenate([np.full(len(c), site) for site, c in caches.items()])
+    merged["boxes"] = np.concatenate([c.boxes + np.array([start, 0, 0, 0, 0])
+                                      for start, c in zip(offsets, caches.values())]).astype(np.int64)
+    return CachedSet(**merged)
 
 
 def build_cache(cases: Iterable[Case], size: int, modality: str, crop_to_valid: bool = True) -> CachedSet:

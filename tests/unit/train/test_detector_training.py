@@ -87,3 +87,53 @@ def test_train_detector_command_writes_model_metrics_card_and_manifest(tmp_path)
     assert args.func(args) == 0
     assert file_sha256(out / "weights.safetensors") == digest
     assert "LiteMedSAM on 1 lesion images" in (out / "MODEL_CARD.md").read_text()
+
+
+def _busi_like(folder, rng, n=6):
+    for i in range(n):
+        category = ("benign", "malignant", "normal")[i % 3]
+        pixels, disk = blob_image(rng, lesion=category != "normal")
+        name = f"{category} ({i})"
+        png(folder / category / f"{name}.png", pixels)
+        mask = disk if disk is not None else np.zeros(pixels.shape, bool)
+        png(folder / category / "masks" / f"{name}_mask.png", mask.astype(np.uint8) * 255)
+    return folder
+
+
+def _uclm_like(folder, rng, n=6):
+    rows = ["file,patient,label,doppler,calipers,combined"]
+    for i in range(n):
+        category = ("benign", "malignant", "normal")[i % 3]
+        pixels, disk = blob_image(rng, lesion=category != "normal")
+        name = f"P{i // 2:03d}_{i:03d}"
+        png(folder / category / f"{name}.png", pixels)
+        mask = disk if disk is not None else np.zeros(pixels.shape, bool)
+        png(folder / category / "masks" / f"{name}_mask.png", mask.astype(np.uint8) * 255)
+        rows.append(f"{category}/{name}.png,P{i // 2:03d},{category},False,False,False")
+    (folder / "info.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_two_sites_train_one_detector_and_leave_one_site_out(tmp_path):
+    rng = np.random.default_rng(7)
+    busi, uclm = _busi_like(tmp_path / "busi", rng), _uclm_like(tmp_path / "uclm", rng)
+    parser = argparse.ArgumentParser()
+    detector_training.register(parser.add_subparsers())
+    common = ["--modality", "us", "--folds", "2", "--epochs", "1", "--size", "32", "--batch-size", "4", "--quiet"]
+    data = ["--data", "busi", str(busi), "--data", "bus-uclm", str(uclm)]
+    out = tmp_path / "models" / "us-det"
+    args = parser.parse_args(["train-detector", *data, "--out", str(out), "--work", str(tmp_path / "w1"), *common])
+    assert args.func(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "busi+bus-uclm" and metrics["images"] == 12
+    assert set(metrics["out_of_fold_by_site"]) == {"busi", "bus-uclm"}
+    assert "Site by site" in (out / "MODEL_CARD.md").read_text()
+
+    loso = tmp_path / "loso"
+    args = parser.parse_args(["train-detector", *data, "--out", str(loso), "--work", str(tmp_path / "w2"),
+                              "--validate-by", "site", *common])
+    assert args.func(args) == 0
+    report = json.loads((loso / "leave-one-site-out.json").read_text())
+    assert report["held_out"]["busi"]["trained_on"] == ["bus-uclm"] and report["held_out"]["busi"]["images"] == 6
+    for site in ("busi", "bus-uclm"):
+        assert LesionDetector.load(loso, "US", device="cpu", name=f"without-{site}").version == f"without-{site}"
