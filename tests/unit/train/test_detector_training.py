@@ -45,14 +45,7 @@ def test_resume_restores_the_epoch(tmp_path):
 
 def test_train_detector_command_writes_model_metrics_card_and_manifest(tmp_path):
     rng = np.random.default_rng(4)
-    src = tmp_path / "busi"
-    for i in range(9):
-        category = ("benign", "malignant", "normal")[i % 3]
-        pixels, disk = blob_image(rng, lesion=category != "normal")
-        name = f"{category} ({i})"
-        png(src / category / f"{name}.png", pixels)
-        mask = disk if disk is not None else np.zeros(pixels.shape, bool)
-        png(src / category / "masks" / f"{name}_mask.png", mask.astype(np.uint8) * 255)
+    src = _blob_dataset(tmp_path / "busi", rng, n=9)
     parser = argparse.ArgumentParser()
     subparsers = parser.add_subparsers()
     detector_training.register(subparsers)
@@ -89,34 +82,26 @@ def test_train_detector_command_writes_model_metrics_card_and_manifest(tmp_path)
     assert "LiteMedSAM on 1 lesion images" in (out / "MODEL_CARD.md").read_text()
 
 
-def _busi_like(folder, rng, n=6):
-    for i in range(n):
-        category = ("benign", "malignant", "normal")[i % 3]
-        pixels, disk = blob_image(rng, lesion=category != "normal")
-        name = f"{category} ({i})"
-        png(folder / category / f"{name}.png", pixels)
-        mask = disk if disk is not None else np.zeros(pixels.shape, bool)
-        png(folder / category / "masks" / f"{name}_mask.png", mask.astype(np.uint8) * 255)
-    return folder
-
-
-def _uclm_like(folder, rng, n=6):
+def _blob_dataset(folder, rng, n=6, patients=False):
+    """A BUSI-layout folder of blob images (benign, malignant, normal in turn); with `patients`, BUS-UCLM names
+    (patient prefix) and an info.csv."""
     rows = ["file,patient,label,doppler,calipers,combined"]
     for i in range(n):
         category = ("benign", "malignant", "normal")[i % 3]
         pixels, disk = blob_image(rng, lesion=category != "normal")
-        name = f"P{i // 2:03d}_{i:03d}"
+        name = f"P{i // 2:03d}_{i:03d}" if patients else f"{category} ({i})"
         png(folder / category / f"{name}.png", pixels)
         mask = disk if disk is not None else np.zeros(pixels.shape, bool)
         png(folder / category / "masks" / f"{name}_mask.png", mask.astype(np.uint8) * 255)
         rows.append(f"{category}/{name}.png,P{i // 2:03d},{category},False,False,False")
-    (folder / "info.csv").write_text("\n".join(rows) + "\n")
+    if patients:
+        (folder / "info.csv").write_text("\n".join(rows) + "\n")
     return folder
 
 
 def test_two_sites_train_one_detector_and_leave_one_site_out(tmp_path):
     rng = np.random.default_rng(7)
-    busi, uclm = _busi_like(tmp_path / "busi", rng), _uclm_like(tmp_path / "uclm", rng)
+    busi, uclm = _blob_dataset(tmp_path / "busi", rng), _blob_dataset(tmp_path / "uclm", rng, patients=True)
     parser = argparse.ArgumentParser()
     detector_training.register(parser.add_subparsers())
     common = ["--modality", "us", "--folds", "2", "--epochs", "1", "--size", "32", "--batch-size", "4", "--quiet"]
