@@ -11,6 +11,7 @@ from PIL import Image
 
 from branet_pacs.datasets.cases import load_gray
 from branet_pacs.datasets.prepare import prepare, register
+from branet_pacs.datasets.rois import MANIFEST_COLUMNS
 from branet_pacs.imaging.roi import extract_roi, roi_to_uint8
 
 
@@ -58,7 +59,7 @@ def test_busi_one_roi_per_mask_through_the_shared_roi_code(busi: Path, tmp_path:
     rows = _manifest(out)
     assert [r["roi_file"] for r in rows] == ["benign/benign (1)-1.png", "benign/benign (1)-2.png",
                                             "malignant/malignant (1)-1.png", "malignant/malignant (2)-1.png"]
-    assert list(rows[0]) == ["roi_file", "source", "label", "group", "box"]
+    assert tuple(rows[0]) == MANIFEST_COLUMNS
     assert rows[0]["box"] == "10 20 50 40" and rows[1]["box"] == "80 60 110 80"
     assert rows[0]["source"] == "benign/benign (1).png" and rows[0]["group"] == rows[1]["group"]
     assert rows[2]["group"] == rows[3]["group"] == "malignant (1)"   # identical pixels share a fold group
