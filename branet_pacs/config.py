@@ -97,7 +97,9 @@ class Config:
     output: OutputSettings = field(default_factory=OutputSettings)
     models_dir: str = str(DEFAULT_MODELS_DIR)
     device: str = "auto"                   # "auto", "cpu", "cuda"
-    threads: int = 1                       # torch intra-op threads per process; 0 = number of cores
+    threads: int = 0                       # intra-op threads per process (torch, ONNX Runtime); 0 = cores / processes
+    engine: str = "onnx"                   # "onnx" (ONNX Runtime on the CPU) or "torch" (eager PyTorch)
+    engine_cache: str = ""                 # exported ONNX graphs; "" = ~/.cache/branet-pacs/onnx
 
 
 class ConfigError(ValueError):
@@ -150,6 +152,8 @@ def load_config(path: str | Path | None = None) -> Config:
     config = _merge(Config, values, str(path), problems)
     if problems:
         raise ConfigError("; ".join(problems))
+    if config.engine not in ("onnx", "torch"):
+        raise ConfigError(f"{path}: engine must be 'onnx' or 'torch', got {config.engine!r}")
     if not Path(config.models_dir).is_absolute():
         config = dataclasses.replace(config, models_dir=str((Path(path).parent / config.models_dir).resolve()))
     return config

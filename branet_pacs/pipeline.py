@@ -86,9 +86,16 @@ class Analyzer:
             raise value
         return value
 
+    @property
+    def engine(self):
+        """The inference engine every model of this analyzer runs on (config `engine`, `threads`, `engine_cache`)."""
+        from branet_pacs.models.runtime import Engine, available_cores
+        return Engine(self.config.engine, self.config.threads or available_cores(), self.config.engine_cache)
+
     def segmenter(self):
         from branet_pacs.models.segmenter import make_segmenter
-        return self._load(("segmenter", ""), lambda: make_segmenter(self.config.segmentation, self.config.device))
+        return self._load(("segmenter", ""), lambda: make_segmenter(self.config.segmentation, self.config.device,
+                                                                     self.engine))
 
     def lesion_encoder(self):
         """LiteMedSAM, whose image embedding the classifier's feature head reads: the segmenter itself when it is
@@ -97,17 +104,17 @@ class Analyzer:
         segmenter = self.segmenter()
         if isinstance(segmenter, LiteMedSAMSegmenter):
             return segmenter
-        return self._load(("lesion-encoder", ""), lambda: LiteMedSAMSegmenter(self.config.device))
+        return self._load(("lesion-encoder", ""), lambda: LiteMedSAMSegmenter(self.config.device, self.engine))
 
     def classifier(self, modality: str):
         from branet_pacs.models.classifier import MalignancyClassifier
         return self._load(("classifier", modality), lambda: MalignancyClassifier.load(
-            self.config.models_dir, modality, device=self.config.device))
+            self.config.models_dir, modality, device=self.config.device, engine=self.engine))
 
     def detector(self, modality: str):
         from branet_pacs.models.detector import LesionDetector
         return self._load(("detector", modality), lambda: LesionDetector.load(
-            self.config.models_dir, modality, device=self.config.device))
+            self.config.models_dir, modality, device=self.config.device, engine=self.engine))
 
     def use(self, kind: str, modality: str, model: object) -> None:
         """Run with a given model object instead of the manifest's (evaluation with fold models, tests)."""

@@ -23,7 +23,8 @@ from branet_pacs.imaging.roi import extract_roi
 from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.models.feature_head import FeatureHead, combine
 from branet_pacs.models.manifest import ModelEntry, file_sha256, find_model, verified_weights_path
-from branet_pacs.models.runtime import select_device
+from branet_pacs.models.onnx_engine import compiled_or_module
+from branet_pacs.models.runtime import Engine, select_device
 from branet_pacs.types import Box
 
 ROI_SIZE = 128
@@ -124,12 +125,30 @@ def load_feature_head(models_dir: str | Path, entry: ModelEntry) -> FeatureHead 
     return FeatureHead.load(path)
 
 
+class _Probability(nn.Module):
+    """p(malignant) (n,) of ROIs (n, 1, s, s): softmax averaged over the networks and, with `tta`, the left-right
+    flip. One module, so the whole ensemble is one exported graph."""
+
+    def __init__(self, networks: Sequence[nn.Module], tta: bool) -> None:
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+        self.tta = tta
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        views = [batch, torch.flip(batch, dims=(-1,))] if self.tta else [batch]
+        total = torch.zeros(batch.shape[0], device=batch.device)
+        for net in self.networks:
+            for view in views:
+                total = total + torch.softmax(net(view).float(), dim=1)[:, MALIGNANT_CLASS]
+        return total / (len(self.networks) * len(views))
+
+
 class MalignancyClassifier:
     """p(malignant) for 128x128 ROIs in [-1, 1] (as made by `branet_pacs.imaging.roi.extract_roi`), combined with the
     feature head's p(malignant) on the lesions' LiteMedSAM features when the model has one."""
 
     def __init__(self, entry: ModelEntry, networks: list[nn.Module], device: torch.device,
-                 feature_head: FeatureHead | None = None) -> None:
+                 feature_head: FeatureHead | None = None, engine: Engine = Engine()) -> None:
         if entry.threshold is None:
             raise ModelUnavailable(f"classifier '{entry.name}' has no decision threshold in the manifest")
         self.entry = entry
@@ -142,10 +161,13 @@ class MalignancyClassifier:
         self.roi_size = int(entry.input.get("size", ROI_SIZE))
         self._networks = networks
         self.feature_head = feature_head
+        self._forward = compiled_or_module(
+            _Probability(networks, self.tta), [torch.zeros(2, 1, self.roi_size, self.roi_size)], engine=engine,
+            name=f"classifier-{entry.name}", digest=entry.sha256, device=device, dynamic=(0,))
 
     @classmethod
     def load(cls, models_dir: str | Path, modality: str, device: str | torch.device = "auto",
-             name: str | None = None) -> "MalignancyClassifier":
+             name: str | None = None, engine: Engine = Engine()) -> "MalignancyClassifier":
         """The manifest's classifier for `modality` (highest version, or the one called `name`).
 
         Raises ModelUnavailable when there is none, or its file is missing or fails its checksum.
@@ -154,7 +176,8 @@ class MalignancyClassifier:
         entry = find_model(models_dir, "classifier", modality, name=name)
         path = verified_weights_path(models_dir, entry)
         torch_device = device if isinstance(device, torch.device) else select_device(device)
-        return cls(entry, _networks(path, entry, torch_device), torch_device, load_feature_head(models_dir, entry))
+        return cls(entry, _networks(path, entry, torch_device), torch_device, load_feature_head(models_dir, entry),
+                   engine)
 
     @property
     def weights_sha256(self) -> tuple[str, ...]:
@@ -217,16 +240,8 @@ class MalignancyClassifier:
         with torch.inference_mode():
             for start in range(0, rois.shape[0], batch_size):
                 batch = torch.from_numpy(rois[start:start + batch_size]).to(self.device)[:, None]
-                out[start:start + batch.shape[0]] = self._probability(batch).cpu().numpy()
+                out[start:start + batch.shape[0]] = self._forward(batch).cpu().numpy()
         return out
-
-    def _probability(self, batch: torch.Tensor) -> torch.Tensor:
-        views = [batch, torch.flip(batch, dims=(-1,))] if self.tta else [batch]
-        total = torch.zeros(batch.shape[0], device=batch.device)
-        for net in self._networks:
-            for view in views:
-                total += torch.softmax(net(view).float(), dim=1)[:, MALIGNANT_CLASS]
-        return total / (len(self._networks) * len(views))
 
     def label(self, p: float) -> str:
         return "malignant" if p >= self.threshold else "benign"

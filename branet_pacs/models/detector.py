@@ -27,6 +27,7 @@ from torch import nn
 
 from branet_pacs.imaging.geometry import mask_box
 from branet_pacs.models.errors import ModelUnavailable
+from branet_pacs.models.runtime import Engine
 from branet_pacs.types import Box
 
 log = logging.getLogger(__name__)
@@ -309,10 +310,21 @@ class LesionDetector:
 
     def __post_init__(self) -> None:
         self.net.to(self.device).eval()
+        self._forward = self.net
+
+    def use_engine(self, engine: Engine) -> "LesionDetector":
+        """Run the heatmap network on `engine` (ONNX Runtime on the CPU, exported from these weights)."""
+        from branet_pacs.models.onnx_engine import compiled_or_module
+
+        example = torch.zeros(1, 2, self.spec.size, self.spec.size)
+        self._forward = compiled_or_module(self.net, [example], engine=engine, name=f"detector-{self.name}",
+                                           digest=self.sha256 or f"{self.name}-{self.version}", device=self.device,
+                                           dynamic=(0,))
+        return self
 
     @classmethod
     def load(cls, models_dir: str | Path, modality: str, device: str = "auto",
-             name: str | None = None) -> "LesionDetector":
+             name: str | None = None, engine: Engine | None = None) -> "LesionDetector":
         """The detector registered for `modality` in `models_dir/manifest.json` (highest version, or the one called
         `name`; sha256-verified weights)."""
         from branet_pacs.models import manifest
@@ -323,7 +335,7 @@ class LesionDetector:
         detector = cls.from_weights(path, name=entry.name, version=entry.version, modality=entry.modality,
                                     device=select_device(device))
         detector.sha256 = entry.sha256
-        return detector
+        return detector.use_engine(engine) if engine is not None else detector
 
     @classmethod
     def from_weights(cls, path: str | Path, *, name: str, version: str, modality: str,
@@ -377,9 +389,9 @@ class LesionDetector:
         if single:
             batch = batch[None]
         batch = batch.to(self.device)
-        prob = self.net(batch)
+        prob = self._forward(batch).to(self.device)
         if self.spec.flip_tta:
-            prob = 0.5 * (prob + self.net(batch.flip(-1)).flip(-1))
+            prob = 0.5 * (prob + self._forward(batch.flip(-1)).to(self.device).flip(-1))
         out = prob[:, 0].float().cpu().numpy()
         return out[0] if single else out
 

@@ -1,14 +1,31 @@
-"""Torch runtime settings shared by every model: thread counts and device choice."""
+"""Runtime settings shared by every model: thread counts, device choice and the inference engine."""
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 
 import torch
 
 _lock = threading.Lock()
 _interop_set = False
+
+ENGINES = ("onnx", "torch")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How a model's forward pass runs on the CPU: "onnx" (ONNX Runtime, graphs exported once from the shipped
+    weights, `models.onnx_engine`) or "torch" (eager PyTorch; training, CUDA and the reference for the other)."""
+
+    name: str = "torch"
+    threads: int = 1
+    cache_dir: str = ""          # exported graphs; "" = onnx_engine.default_cache_dir()
+
+    def __post_init__(self) -> None:
+        if self.name not in ENGINES:
+            raise ValueError(f"unknown engine '{self.name}' (use {' or '.join(ENGINES)})")
 
 
 def available_cores() -> int:
@@ -17,6 +34,13 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def threads_per_process(configured: int, processes: int) -> int:
+    """Intra-op threads for each of `processes` model-running processes: the configured count, or with 0 the cores
+    shared out (measured: on 2 cores one process with 2 threads and two with 1 thread each analyse the same number
+    of images per second, and the single process halves each image's latency; benchmarks/bench_pipeline.py)."""
+    return configured if configured > 0 else max(1, available_cores() // max(1, processes))
 
 
 def configure_torch(threads: int = 0) -> None:

@@ -66,10 +66,9 @@ def config(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
+    from branet_pacs.errors import CommandError
     from branet_pacs.orthanc.credentials import load_credentials
     from branet_pacs.orthanc.rest import HttpOrthanc, OrthancError
-
-    from branet_pacs.errors import CommandError
 
     data = Path(args.data).resolve()
     if not (data / "orthanc.json").is_file():

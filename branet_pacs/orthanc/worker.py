@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -233,6 +234,7 @@ class WorkerProcess:
 
     def run(self) -> int:
         from branet_pacs.config import load_config
+        from branet_pacs.models.runtime import threads_per_process
         from branet_pacs.pipeline import Analyzer
 
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})  # Orthanc's threads block them
@@ -242,6 +244,7 @@ class WorkerProcess:
         api = HttpOrthanc(self.settings.rest_url, credentials.username, credentials.password)
         store = ServiceStore(self.settings.store_path)
         config = load_config(self.settings.branet_config or None)
+        config = dataclasses.replace(config, threads=threads_per_process(config.threads, self.settings.workers))
         worker = StudyWorker(api, store, self.settings, Analyzer(config), self.token)
         worker.warm_up()
         log.info("worker %s ready (pid %d)", self.token, os.getpid())

@@ -74,7 +74,8 @@ def _worker_main(config: Config, tasks, results, parent: int) -> None:
 
     configure_logging(verbose=False)   # spawned: a fresh interpreter; per-instance outcomes go to the report
 
-    analyzer = Analyzer(config)      # models load on first use and stay loaded for every later study
+    analyzer = Analyzer(config)
+    analyzer.warm_up()               # models load now (not on the first study) and stay loaded for every later one
     results.put(("ready", os.getpid(), None))
     while True:
         try:
@@ -95,14 +96,6 @@ def _worker_main(config: Config, tasks, results, parent: int) -> None:
         results.put(("done", os.getpid(), report))
 
 
-def threads_per_worker(config: Config, workers: int) -> Config:
-    """Split the cores between workers unless the configuration fixes the torch thread count."""
-    if config.threads:
-        return config
-    from branet_pacs.models.runtime import available_cores
-    return replace(config, threads=max(1, available_cores() // workers))
-
-
 class WorkerPool:
     """N spawned worker processes fed through a queue; the driver bounds how many studies are in flight."""
 
@@ -110,7 +103,8 @@ class WorkerPool:
         if workers < 1:
             raise ValueError("at least one worker process is needed")
         self._ctx = get_context("spawn")
-        self._config = threads_per_worker(config, workers)
+        from branet_pacs.models.runtime import threads_per_process
+        self._config = replace(config, threads=threads_per_process(config.threads, workers))
         self._tasks = self._ctx.Queue()
         self._results = self._ctx.Queue()
         self._processes: dict[int, object] = {}

@@ -11,9 +11,9 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import corpus
 import pytest
 
-import corpus
 from paths import REPO
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,7 @@ def node_run(tmp_path_factory):
     """The corpus sent file by file with storescu, as a PACS would; then what the node made of every file."""
     import pydicom
 
-    from orthanc_harness import branet_study, send, start_branet, study_id, wait_final
+    from orthanc_harness import send, start_branet, study_id, wait_final
 
     base = tmp_path_factory.mktemp("corpus-node")
     expected = corpus.write_corpus(base / "inbox")

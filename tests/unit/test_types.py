@@ -7,8 +7,18 @@ from dataclasses import replace
 import numpy as np
 import pydicom
 
-from branet_pacs.types import (BreastImage, ImageFailure, ImageResult, IngestOutcome, InstanceResult, InstanceSummary,
-                               ModelIdentity, Status, StudyState, study_verdict)
+from branet_pacs.types import (
+    BreastImage,
+    ImageFailure,
+    ImageResult,
+    IngestOutcome,
+    InstanceResult,
+    InstanceSummary,
+    ModelIdentity,
+    Status,
+    StudyState,
+    study_verdict,
+)
 
 MODELS = ModelIdentity("us-resnet18", "1.1.0", 0.41, "LiteMedSAM", "us-lesion-detector", "1.0.0", ("a" * 64,), "s1")
 

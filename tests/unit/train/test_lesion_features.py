@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import blob_case
 
 from branet_pacs.datasets.cases import load_gray
 from branet_pacs.datasets.rois import PrepareReport, load_roi_set, write_roi_dataset
 from branet_pacs.models.segmenter import LiteMedSAMSegmenter, pooled_embedding
 from branet_pacs.train import lesion_features
+
+from synthetic import blob_case
 
 
 def test_features_follow_the_roi_order_and_are_cached(tmp_path: Path, monkeypatch) -> None:
