@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "branet_pacs.sngan.commands",        # branet sngan ...
     "branet_pacs.reanalysis.commands",   # branet reanalyze
     "branet_pacs.orthanc.commands",      # branet orthanc ...
+    "branet_pacs.models.commands",       # branet export-models
 )
 
 

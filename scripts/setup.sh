@@ -41,4 +41,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/bra
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   echo "$want" > "$stamp"
 fi
+# The inference engine's graphs, exported once from the shipped weights (kept while their checksums hold).
+.venv/bin/branet export-models > /dev/null || echo "setup: warning: exporting the models failed; they run on PyTorch"
 echo "setup: ok ($(.venv/bin/python --version), branet at .venv/bin/branet)"

@@ -1,4 +1,5 @@
-"""Shared test set-up: the support code on sys.path, and one torch thread per test unless a module asks for more.
+"""Shared test set-up: the support code on sys.path, the engine cache, one torch thread per test unless a module
+asks for more.
 
 Layout: tests/unit/<package>/ mirrors branet_pacs/<package>/; tests/integration/ starts real servers (Orthanc,
 dcmtk peers) and runs the real validators end to end; tests/support/ holds the DICOM factory, the server harnesses
@@ -7,12 +8,17 @@ and the validator wrappers.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
+# Exported ONNX graphs of the test run (and of the Orthanc workers the tests start, which inherit the environment)
+# stay in the checkout, not in the user's cache; kept between runs like the user's cache is.
+os.environ.setdefault("BRANET_ENGINE_CACHE", str(Path(__file__).resolve().parent.parent / "var" / "test-engine-cache"))
 
 
 @pytest.fixture(autouse=True)

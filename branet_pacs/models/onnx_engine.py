@@ -87,6 +87,9 @@ def _session(path: Path, threads: int):
             options.inter_op_num_threads = 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.log_severity_level = 3   # errors only: the optimiser's notes are not for an operator's log
+            # no arena: it keeps the encoder's peak activations (~400 MiB) for the life of the worker; measured
+            # cost of allocating per run is within the noise of this machine (benchmarks/bench_engines.py)
+            options.enable_cpu_mem_arena = False
             _sessions[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return _sessions[key]
 

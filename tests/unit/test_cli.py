@@ -42,3 +42,22 @@ def test_default_logging_shows_warnings_only():
                            "logging.getLogger('branet_pacs.x').warning('loud')"],
                           capture_output=True, text=True, cwd=REPO)
     assert "loud" in done.stderr and "quiet" not in done.stderr and "chatter" not in done.stderr
+
+
+def test_export_models_leaves_every_shipped_graph_in_the_cache(tmp_path, capsys, monkeypatch):
+    import os
+    from pathlib import Path
+
+    cache = Path(os.environ["BRANET_ENGINE_CACHE"])          # the test run's cache (conftest), warm after a first run
+    assert main(["export-models"]) == 0
+    out = capsys.readouterr().out
+    assert f"engine cache {cache}" in out
+    for prefix in ("litemedsam-encoder", "litemedsam-box-decoder", "classifier-us-resnet18", "detector-us-lesion"):
+        graphs = list(cache.glob(f"{prefix}-*.onnx"))
+        assert graphs and all(g.with_suffix(".json").is_file() for g in graphs), prefix
+    settings = tmp_path / "torch.toml"
+    settings.write_text('engine = "torch"\n')
+    assert main(["export-models", "--config", str(settings)]) == 0
+    assert "nothing to export" in capsys.readouterr().out
+    settings.write_text('engine = "tensorrt"\n')
+    assert main(["export-models", "--config", str(settings)]) == 2
