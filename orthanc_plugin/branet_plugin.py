@@ -125,7 +125,25 @@ else:
             text = response.body.decode("utf-8")  # orthanc-python 4.0 wants (status, str, length)
             output.SendHttpStatus(response.status, text, len(response.body))
 
+    from branet_pacs.orthanc.viewer import ViewerFiles
+
+    _viewer = ViewerFiles(Path(_SECTION["OhifDirectory"]))
+
+    def _on_viewer(output, uri, **request):
+        """OHIF's files under /ohif/ (Orthanc authenticated the request before this callback runs)."""
+        if request["method"] != "GET":
+            output.SendMethodNotAllowed("GET")
+            return
+        groups = request.get("groups") or []
+        answer = _viewer.answer(groups[0] if groups and groups[0] else "")
+        if answer.status == 200:
+            output.AnswerBuffer(answer.body, answer.content_type)
+        else:
+            output.SendHttpStatus(answer.status, answer.body.decode("utf-8"), len(answer.body))
+
     orthanc.RegisterOnChangeCallback(_on_change)
+    orthanc.RegisterRestCallback("/ohif", _on_viewer)
+    orthanc.RegisterRestCallback("/ohif/(.*)", _on_viewer)
     orthanc.RegisterIncomingCStoreInstanceFilter(_incoming_filter)
     orthanc.RegisterRestCallback("/branet/(.*)", _on_rest)
     orthanc.ExtendOrthancExplorer((Path(__file__).with_name("explorer.js")).read_text(encoding="utf-8"))

@@ -20,11 +20,16 @@ from typing import Any
 from branet_pacs.orthanc.credentials import Credentials, load_or_create_credentials
 from branet_pacs.orthanc.settings import SECTION, check_section
 from branet_pacs.orthanc.status import USER_METADATA
+from branet_pacs.orthanc.viewer import default_dist
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "config" / "orthanc.json"
 PLUGIN_SCRIPT = REPO_ROOT / "orthanc_plugin" / "branet_plugin.py"
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")   # Debian orthanc-dicomweb: for OHIF
+# Orthanc's DICOMweb server (QIDO-RS/WADO-RS/STOW-RS at /dicom-web/), behind the same authentication as the REST API
+DICOMWEB_SETTINGS = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
+                     "Ssl": False, "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 
 # Always enforced, whatever the template says (the template documents them; this makes them non-negotiable).
@@ -41,9 +46,10 @@ SECURE_SETTINGS = {
     "DeidentifyLogs": True,
 }
 
+from branet_pacs.orthanc.viewer import default_dist  # noqa: E402 - after the constants it sits with
+
 AET_PATTERN = re.compile(r"^[ -~]{1,16}$")
 _ENDPOINT = re.compile(r"^(?P<aet>[^@]+)@(?P<host>[^:@]+)(?::(?P<port>\d+))?$")
-
 
 @dataclass(frozen=True)
 class DicomNode:
@@ -67,7 +73,6 @@ class DicomNode:
             raise ValueError(f"invalid port in {text!r}")
         return cls(aet, match["host"], port)
 
-
 def parse_destination(text: str) -> tuple[str, DicomNode | None]:
     """`NAME=AET@HOST:PORT` (a new modality) or `NAME` (a modality already in the template)."""
     name, sep, node = text.partition("=")
@@ -75,7 +80,6 @@ def parse_destination(text: str) -> tuple[str, DicomNode | None]:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"invalid destination name {name!r} (letters, digits, '_', '.', '-')")
     return name, DicomNode.parse(node) if sep else None
-
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -95,7 +99,6 @@ class RunOptions:
     template: Path = DEFAULT_TEMPLATE
     overrides: dict[str, Any] = field(default_factory=dict)   # "BraNet" keys, e.g. {"MaxAttempts": 2}
 
-
 @dataclass(frozen=True)
 class GeneratedConfig:
     path: Path                  # DIR/orthanc.json
@@ -111,16 +114,13 @@ class GeneratedConfig:
     def explorer_url(self) -> str:
         return f"{self.http_url}/app/explorer.html"
 
-
 def _site_packages() -> str:
     return sysconfig.get_paths()["purelib"]
-
 
 def _modality(node: DicomNode, allow_store: bool) -> dict[str, Any]:
     return {"AET": node.aet, "Host": node.host, "Port": node.port, "AllowEcho": allow_store,
             "AllowStore": allow_store, "AllowFind": False, "AllowMove": False, "AllowGet": False,
             "AllowStorageCommitment": False}
-
 
 def build_config(options: RunOptions, credentials: Credentials, credentials_path: Path) -> dict[str, Any]:
     """The Orthanc configuration as a dict (no file written)."""
@@ -173,7 +173,8 @@ def build_config(options: RunOptions, credentials: Credentials, credentials_path
     config.update({
         "StorageDirectory": str(storage),
         "IndexDirectory": str(storage),
-        "Plugins": [str(PYTHON_PLUGIN)],
+        "Plugins": [str(PYTHON_PLUGIN)] + ([str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.is_file() else []),
+        "DicomWeb": {**DICOMWEB_SETTINGS, **config.get("DicomWeb", {})},
         "PythonScript": str(PLUGIN_SCRIPT),
         "PythonVerbose": False,
         "DicomModalities": modalities,
@@ -183,6 +184,7 @@ def build_config(options: RunOptions, credentials: Credentials, credentials_path
     config.update(SECURE_SETTINGS)
     section.update({
         "Repo": str(REPO_ROOT),
+        "OhifDirectory": str(default_dist(REPO_ROOT)),
         "Python": sys.executable,
         "SitePackages": _site_packages(),
         "StateDirectory": str(data_dir / "branet"),
@@ -193,7 +195,6 @@ def build_config(options: RunOptions, credentials: Credentials, credentials_path
     config[SECTION] = section
     return config
 
-
 def _incoming_limits(branet_config: str | None) -> dict[str, int]:
     """The pipeline's ingest size limits, for the plugin's C-STORE filter (the same numbers refuse the same files)."""
     from branet_pacs.config import load_config
@@ -201,7 +202,6 @@ def _incoming_limits(branet_config: str | None) -> dict[str, int]:
     ingest = load_config(branet_config or None).ingest
     return {"max_input_bytes": ingest.max_input_bytes, "max_frame_pixels": ingest.max_frame_pixels,
             "max_instance_frames": ingest.max_instance_frames}
-
 
 def generate_config(options: RunOptions) -> GeneratedConfig:
     """Write DIR/orthanc.json (0600) and create DIR/credentials.json on first start."""

@@ -18,7 +18,8 @@ SECTION = "BraNet"
 # Keys of the "BraNet" section a user may set in config/orthanc.json (the rest is written by `generate_config`).
 USER_KEYS = {"Workers", "MaxAttempts", "RetryDelay", "StudyTimeout", "PollInterval", "AnalyseExistingStudies",
              "Forward", "AllowedSenders"}
-GENERATED_KEYS = {"Repo", "Python", "SitePackages", "StateDirectory", "Credentials", "BraNetConfig", "IncomingLimits"}
+GENERATED_KEYS = {"Repo", "Python", "SitePackages", "StateDirectory", "Credentials", "BraNetConfig", "IncomingLimits",
+                  "OhifDirectory"}
 FORWARD_KEYS = {"Destinations", "WholeStudy", "RetryDelay", "RetryMaxDelay", "MaxAttempts"}
 
 
@@ -74,7 +75,7 @@ class ServiceSettings:
                              "`branet orthanc run`)")
         check_section(section, generated=True)
         forward = section.get("Forward", {})
-        missing = sorted(GENERATED_KEYS - {"BraNetConfig", "IncomingLimits"} - set(section))
+        missing = sorted(GENERATED_KEYS - {"BraNetConfig", "IncomingLimits", "OhifDirectory"} - set(section))
         if missing:
             raise ValueError(f'"{SECTION}" section lacks {missing} (generate it with `branet orthanc run`)')
         return cls(
