@@ -87,9 +87,12 @@ PERCENT = Code("%", "UCUM", "Percent")
 # as in the breast CAD templates (TID 4000 family). Absent for user-drawn boxes.
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 
-# Link from each planar ROI group to its SEG segment. TID 1410 allows exactly one of "Image Region" (SCOORD, row 5)
-# and "Referenced Segmentation Frame" (row 7), and OHIF draws only the SCOORD; an IMAGE named "Referenced Segment"
-# (TID 1411) makes validators apply the volumetric template. So the group keeps its SCOORD and references the SEG
-# instance + segment number through TID 1410 row 9, DCM 121200 "Illustration of ROI" (an image illustrating the
-# ROI: the segment is its pixel-wise depiction). The group's Tracking UID equals the segment's Tracking UID.
+# Link from each measurement group to its SEG segment: an IMAGE item DCM 121200 "Illustration of ROI" (an image
+# illustrating the ROI: the segment is its pixel-wise depiction) referencing the SEG instance + segment number, as
+# TID 1410 row 9 has it; TID 1501 is extensible and has no row of its own for it. The group's Tracking UID equals
+# the segment's Tracking UID as well. (An IMAGE named "Referenced Segment" would make validators apply the
+# volumetric template TID 1411.)
 ILLUSTRATION_OF_ROI = Code("121200", "DCM", "Illustration of ROI")
+# The call in words for readers and viewers that show text but not coded values (OHIF labels an outline with the
+# Comment items of its group): DCM 121106 "Comment".
+COMMENT = Code("121106", "DCM", "Comment")

@@ -73,12 +73,21 @@ def derive_uid(root: str, *parts: str) -> str:
 
 
 def series_uid(settings: OutputSettings, image: BreastImage, kind: str, models: ModelIdentity) -> str:
-    """One output series per study, object kind ("SEG"/"SR") and equipment identity (package + model version), so
-    every image of a study analysed by the same software and model lands in one SEG series and one SR series
-    (series-level attributes such as Software Versions then agree within each series)."""
+    """One output series per analysed frame and object kind ("SEG"/"SR"/"CAD"), for the equipment identity
+    (package + model version). Viewers such as OHIF show one display set per SR or SEG series (its last instance),
+    so objects of different images sharing a series would hide all but one of them."""
     eq = equipment(models)
-    return derive_uid(settings.uid_root, "series", image.study_instance_uid, kind, eq.manufacturer,
-                      *eq.software_versions, models.settings)
+    return derive_uid(settings.uid_root, "series", image.study_instance_uid, image.sop_instance_uid,
+                      str(image.frame_number or 0), kind, eq.manufacturer, *eq.software_versions, models.settings)
+
+
+def series_description(settings: OutputSettings, image: BreastImage, kind: str) -> str:
+    """"<prefix> SR image 3" (+ " frame 7"): which source image an output series belongs to (LO, 64 characters)."""
+    number = image.dataset.get("InstanceNumber")
+    where = f" image {number}" if number not in (None, "") else ""
+    if image.frame_number:
+        where += f" frame {image.frame_number}"
+    return f"{settings.series_description_prefix} {kind}{where}"[:64]
 
 
 def instance_uid(settings: OutputSettings, image: BreastImage, kind: str, models: ModelIdentity) -> str:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -19,6 +20,7 @@ from branet_pacs.dicom.derived import (
     equipment,
     instance_uid,
     is_multi_frame,
+    series_description,
     series_uid,
     source_for_reference,
     tracking_uid,
@@ -137,16 +139,50 @@ def build_seg(image: BreastImage, findings: Sequence[Finding], models: ModelIden
         device_serial_number=eq.serial_number,
         content_label=CONTENT_LABEL,
         content_description="BraNet-PACS lesion segmentation, research use only",
-        series_description=f"{settings.series_description_prefix} SEG"[:64],
+        series_description=series_description(settings, image, "SEG"),
         institution_name=settings.institution_name or None,
     )
     if patch_frame is not None:
         _reference_frame(seg, str(image.dataset.SOPInstanceUID), true_class, patch_frame)
     _fix_dimension_organization(seg, content_uid(settings, image, "SEG", "dimension-organization", models))
+    _shared_pixel_measures(seg, image.dataset)
     if hd.spatial.get_image_coordinate_system(image.dataset) is None:
         # General Image module: Patient Orientation is Type 2C, required when the image has no patient geometry.
         seg.PatientOrientation = image.dataset.get("PatientOrientation", "")
     return seg
+
+
+def pixel_spacing_mm(ds: pydicom.Dataset) -> list[float] | None:
+    """(row, column) spacing in mm of the source: Pixel Spacing, else Imager Pixel Spacing (projection images), else
+    the physical deltas of a single calibrated ultrasound region (cm, PS3.3 C.8.5.5: units code 3); None when the
+    source says nothing about it."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
+            return [float(v) for v in value]
+    regions = ds.get("SequenceOfUltrasoundRegions") or []
+    calibrated = [r for r in regions if r.get("PhysicalUnitsXDirection") == 3 and r.get("PhysicalUnitsYDirection") == 3
+                  and float(r.get("PhysicalDeltaX", 0) or 0) > 0 and float(r.get("PhysicalDeltaY", 0) or 0) > 0]
+    if len({(float(r.PhysicalDeltaY), float(r.PhysicalDeltaX)) for r in calibrated}) == 1:
+        return [10.0 * float(calibrated[0].PhysicalDeltaY), 10.0 * float(calibrated[0].PhysicalDeltaX)]
+    return None
+
+
+def _shared_pixel_measures(seg: hd.seg.Segmentation, source: pydicom.Dataset) -> None:
+    """A Pixel Measures item in the Shared Functional Groups, holding the source's pixel spacing when it has one.
+
+    highdicom writes none for sources without a frame of reference (US, MG, SC); viewers that read the SEG's
+    geometry from its functional groups (OHIF) fail without the item. The spacing is the source's own (the SEG
+    frame is the source frame); a source without calibration gets an item without Pixel Spacing (the attribute is
+    Type 1C, required only when the image is calibrated), never an invented one."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PixelMeasuresSequence" in shared:
+        return
+    measures = pydicom.Dataset()
+    spacing = pixel_spacing_mm(source)
+    if spacing is not None:
+        measures.PixelSpacing = [f"{v:.10g}" for v in spacing]
+    shared.PixelMeasuresSequence = [measures]
 
 
 def _fix_dimension_organization(seg: hd.seg.Segmentation, uid: str) -> None:
@@ -193,3 +229,18 @@ def _reference_frame(seg: hd.seg.Segmentation, sop_instance_uid: str, sop_class_
             fix(item, False)
     for item in seg.get("SourceImageSequence", []):
         fix(item, True)
+
+
+def read_seg(source: str | os.PathLike[str] | pydicom.Dataset) -> hd.seg.Segmentation:
+    """A BraNet SEG (or any 2-D SEG without a Frame of Reference) as a highdicom Segmentation.
+
+    highdicom 0.28's reader insists on Slice Thickness and Pixel Spacing in a Pixel Measures item; PS3.3
+    C.7.6.16.2.1 (CP 1426) requires Slice Thickness only with a Frame of Reference, and Pixel Spacing only for a
+    calibrated source. Such an item is left out of the object handed to highdicom (the file is not changed)."""
+    ds = copy.deepcopy(source) if isinstance(source, pydicom.Dataset) else pydicom.dcmread(source)
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and "PixelMeasuresSequence" in shared[0]:
+        measures = shared[0].PixelMeasuresSequence[0]
+        if "SliceThickness" not in measures or "PixelSpacing" not in measures:
+            del shared[0].PixelMeasuresSequence
+    return hd.seg.Segmentation.from_dataset(ds, copy=False)

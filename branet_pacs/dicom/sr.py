@@ -10,15 +10,16 @@ Content tree (codes and the reasons for them in `branet_pacs.dicom.codes`):
         + Modality, Target Region = Breast, Image Laterality (when known), Pixel Data Rows/Columns
       with findings:
         CONTAINER Imaging Measurements
-          one Measurement Group per finding (TID 1410 Planar ROI Measurements and Qualitative Evaluations):
+          one Measurement Group per finding (TID 1501 Measurement and Qualitative Evaluation Group):
             Tracking Identifier "Lesion N" + Tracking UID (= the SEG segment's Tracking UID)
             Finding = Lesion; Finding Site = Breast (+ Laterality Left/Right when known)
             Algorithm Identification (name, model version)
-            NUM Probability of cancer in %, with its own Algorithm Identification
+            NUM Probability of cancer in %, with its own Algorithm Identification (TID 300)
+              INFERRED FROM SCOORD POLYLINE (closed outline of the lesion) SELECTED FROM the source image [frame]
             NUM Certainty of Finding in % (the lesion detector's confidence; automatic findings only)
             CODE Impression = Benign | Malignant (the device's assessment, codes.IMPRESSION)
-            SCOORD POLYLINE Image Region (closed polygon) SELECTED FROM the source image [frame]
-            IMAGE Illustration of ROI -> SEG instance, segment N
+            TEXT Comment "Malignant: p 73.4 % (threshold 36.8 %)" (the call in words, codes.COMMENT)
+            IMAGE Illustration of ROI -> SEG instance, segment N (codes.ILLUSTRATION_OF_ROI)
       without findings:
         CONTAINER Qualitative Evaluations (TID 1500 row 12): CODE Impression = No abnormality
 
@@ -44,6 +45,7 @@ from branet_pacs.dicom.derived import (
     equipment,
     instance_uid,
     referenced_frames,
+    series_description,
     series_uid,
     source_for_reference,
     tracking_uid,
@@ -129,14 +131,22 @@ def _segment_illustration(seg: pydicom.Dataset, segment_number: int) -> hd.sr.Im
     )
 
 
+def call_text(finding: Finding, models: ModelIdentity) -> str:
+    """The benign/malignant call in words, with the probability and the threshold it was compared with."""
+    return (f"{finding.label.capitalize()}: p(malignant) {100.0 * float(finding.p_malignant):.1f} % "
+            f"(threshold {100.0 * float(models.threshold):.1f} %)")
+
+
 def _measurement_group(image: BreastImage, finding: Finding, models: ModelIdentity, seg: pydicom.Dataset | None,
-                       tracking_uid: str) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+                       tracking_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 rather than TID 1410: the outline hangs under the probability (TID 300 INFERRED FROM), the form in
+    which OHIF draws an outline together with a text label (it shows no TEXT item of a TID 1410 group)."""
     ds = image.dataset
     if finding.label not in codes.LABEL_CODES:
         raise ValueError(f"finding {finding.index}: label must be 'benign' or 'malignant', got {finding.label!r}")
     if not 0.0 <= float(finding.p_malignant) <= 1.0:
         raise ValueError(f"finding {finding.index}: p_malignant {finding.p_malignant} outside [0, 1]")
-    region = hd.sr.ImageRegion(
+    outline = hd.sr.CoordinatesForMeasurement(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=scoord_points(finding),
         source_image=hd.sr.SourceImageForRegion(
@@ -151,6 +161,7 @@ def _measurement_group(image: BreastImage, finding: Finding, models: ModelIdenti
         value=round(100.0 * float(finding.p_malignant), 6),
         unit=codes.PERCENT,
         algorithm_id=_algorithm(models),
+        referenced_coordinates=[outline],
     )
     measurements = [probability]
     if finding.prompt == "auto" and models.detector_name:
@@ -161,9 +172,8 @@ def _measurement_group(image: BreastImage, finding: Finding, models: ModelIdenti
             algorithm_id=hd.sr.AlgorithmIdentification(name=models.detector_name,
                                                        version=models.detector_version or "unknown"),
         ))
-    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=f"Lesion {finding.index}"),
-        referenced_region=region,
         finding_type=codes.LESION,
         algorithm_id=_algorithm(models),
         finding_sites=[site],
@@ -171,17 +181,12 @@ def _measurement_group(image: BreastImage, finding: Finding, models: ModelIdenti
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.IMPRESSION,
                                                              value=codes.LABEL_CODES[finding.label])],
     )
+    content = group[0].ContentSequence
+    content.append(hd.sr.TextContentItem(name=codes.COMMENT, value=call_text(finding, models),
+                                         relationship_type=Rel.CONTAINS))
     if seg is not None:
-        _insert_after(group[0].ContentSequence, _segment_illustration(seg, finding.index), after=region)
+        content.append(_segment_illustration(seg, finding.index))
     return group
-
-
-def _insert_after(sequence: pydicom.Sequence, item: pydicom.Dataset, after: pydicom.Dataset) -> None:
-    for position, existing in enumerate(sequence):
-        if existing is after:
-            sequence.insert(position + 1, item)
-            return
-    sequence.append(item)
 
 
 def _no_finding_report(image: BreastImage, models: ModelIdentity) -> hd.sr.ContainerContentItem:
@@ -246,7 +251,7 @@ def build_sr(image: BreastImage, findings: Sequence[Finding], models: ModelIdent
         manufacturer_model_name=eq.model_name,
         software_versions=list(eq.software_versions),
         device_serial_number=eq.serial_number,
-        series_description=f"{settings.series_description_prefix} SR"[:64],
+        series_description=series_description(settings, image, "SR"),
         institution_name=settings.institution_name or None,
         performed_procedure_codes=[breast_procedure(image)],
         is_complete=False,

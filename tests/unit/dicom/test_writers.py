@@ -19,8 +19,8 @@ import pytest
 import branet_pacs
 from branet_pacs.config import OutputSettings
 from branet_pacs.dicom import codes
-from branet_pacs.dicom.seg import build_seg
-from branet_pacs.dicom.sr import build_sr
+from branet_pacs.dicom.seg import build_seg, pixel_spacing_mm, read_seg
+from branet_pacs.dicom.sr import build_sr, call_text
 from branet_pacs.imaging.geometry import mask_box, mask_outline
 from branet_pacs.types import BreastImage, Finding, ModelIdentity
 
@@ -132,7 +132,12 @@ def source_frames(case: Case) -> list[int] | None:
 def test_seg_round_trip(cases: dict[str, Case], name: str) -> None:
     case = cases[name]
     src = case.image.dataset
-    seg = hd.seg.segread(case.seg_path)
+    written = pydicom.dcmread(case.seg_path)
+    # Shared Pixel Measures are there (OHIF reads the SEG's geometry from them) with the source's own spacing
+    measures = written.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert [float(v) for v in measures.get("PixelSpacing", [])] == (pixel_spacing_mm(src) or [])
+    assert "SliceThickness" not in measures and "FrameOfReferenceUID" not in written
+    seg = read_seg(written)               # highdicom's own reader refuses the item (see read_seg)
     assert seg.SOPClassUID == SEGMENTATION and seg.SegmentationType == "BINARY"
     n = len(case.findings)
     assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == list(range(1, n + 1))
@@ -179,7 +184,7 @@ def test_seg_round_trip(cases: dict[str, Case], name: str) -> None:
     # new series, who made it, patient and study copied
     assert seg.SeriesInstanceUID != src.SeriesInstanceUID
     assert int(seg.SeriesNumber) == SETTINGS.seg_series_number
-    assert seg.SeriesDescription == "BraNet RESEARCH USE ONLY SEG"
+    assert seg.SeriesDescription == _series_description("SEG", case)
     assert seg.Manufacturer == branet_pacs.MANUFACTURER and seg.ManufacturerModelName == "BraNet-PACS"
     versions = " ".join(seg.SoftwareVersions)
     assert branet_pacs.__version__ in versions and MODELS.classifier_version in versions
@@ -225,7 +230,9 @@ def test_output_uids_are_derived_from_source_frame_and_model(cases: dict[str, Ca
     cine = cases["us-cine-frame3"]
     frame2 = build_sr(replace(cine.image, frame_number=2), cine.findings, MODELS, None, SETTINGS)
     frame3 = build_sr(cine.image, cine.findings, MODELS, None, SETTINGS)
-    assert frame2.SOPInstanceUID != frame3.SOPInstanceUID and frame2.SeriesInstanceUID == frame3.SeriesInstanceUID
+    assert frame2.SOPInstanceUID != frame3.SOPInstanceUID
+    assert frame2.SeriesInstanceUID != frame3.SeriesInstanceUID, "one series per output object (OHIF shows one per series)"
+    assert frame3.SeriesInstanceUID == build_sr(cine.image, cine.findings, MODELS, None, SETTINGS).SeriesInstanceUID
     for uid in _uids(first) | _uids(sr):
         assert pydicom.uid.UID(uid).is_valid, uid
 
@@ -242,6 +249,13 @@ def test_output_uids_under_an_organisation_root(cases: dict[str, Case]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- SR round trip
+
+def _series_description(kind: str, case: Case) -> str:
+    """Each output series names the source image (and frame) it belongs to."""
+    src = case.image.dataset
+    frame = f" frame {case.image.frame_number}" if case.image.frame_number else ""
+    return f"BraNet RESEARCH USE ONLY {kind} image {src.InstanceNumber}{frame}"
+
 
 def _items(node: pydicom.Dataset, value: str) -> list[pydicom.Dataset]:
     return [i for i in node.get("ContentSequence", []) if i.ConceptNameCodeSequence[0].CodeValue == value]
@@ -262,7 +276,7 @@ def _check_sr_header(sr: pydicom.Dataset, case: Case) -> None:
     assert sr.SOPClassUID == COMPREHENSIVE_SR
     assert sr.CompletionFlag == "PARTIAL" and sr.VerificationFlag == "UNVERIFIED"
     assert int(sr.SeriesNumber) == SETTINGS.sr_series_number
-    assert sr.SeriesDescription == "BraNet RESEARCH USE ONLY SR"
+    assert sr.SeriesDescription == _series_description("SR", case)
     assert sr.SeriesInstanceUID != src.SeriesInstanceUID
     assert sr.Manufacturer == branet_pacs.MANUFACTURER and sr.ManufacturerModelName == "BraNet-PACS"
     assert MODELS.classifier_version in " ".join(sr.SoftwareVersions)
@@ -297,12 +311,12 @@ def test_sr_round_trip(cases: dict[str, Case], name: str) -> None:
     assert set(evidence) == {src.SOPInstanceUID, seg.SOPInstanceUID}
 
     report = hd.sr.MeasurementReport.from_sequence(sr.content)
-    groups = report.get_planar_roi_measurement_groups()
+    groups = report.get_image_measurement_groups()
     assert len(groups) == len(case.findings)
     tracking = {int(s.SegmentNumber): s.TrackingUID for s in seg.SegmentSequence}
     for finding, group in zip(case.findings, groups):
         node = group[0]
-        assert node.ContentTemplateSequence[0].TemplateIdentifier == "1410"
+        assert node.ContentTemplateSequence[0].TemplateIdentifier == "1501"
         assert group.tracking_identifier == f"Lesion {finding.index}"
         assert group.tracking_uid == tracking[finding.index]          # same finding in SEG and SR
         assert group.finding_type.value == codes.LESION.value
@@ -332,7 +346,13 @@ def test_sr_round_trip(cases: dict[str, Case], name: str) -> None:
         assert evaluation.name.value == codes.IMPRESSION.value != "111042"   # an assessment, not histology
         assert evaluation.value.value == codes.LABEL_CODES[finding.label].value
 
-        region = group.roi
+        (comment,) = _items(node, codes.COMMENT.value)               # the call in words, for viewers showing text
+        assert comment.TextValue == call_text(finding, MODELS)
+        assert comment.TextValue.startswith(finding.label.capitalize() + ": p(malignant) ")
+
+        # the outline hangs under the probability (INFERRED FROM), where OHIF reads it with the group's text
+        (region,) = measurement.referenced_coordinates
+        assert region.relationship_type == hd.sr.RelationshipTypeValues.INFERRED_FROM
         assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
         points = region.value
         # DICOM image coordinates: the centre of pixel (row 0, column 0) is (0.5, 0.5)
@@ -359,7 +379,7 @@ def test_no_finding_sr_says_analysed_and_nothing_found(cases: dict[str, Case]) -
     (evaluation,) = _only(sr, codes.QUALITATIVE_EVALUATIONS.value).ContentSequence
     assert evaluation.ConceptNameCodeSequence[0].CodeValue == codes.IMPRESSION.value
     assert evaluation.ConceptCodeSequence[0].CodeValue == codes.NO_ABNORMALITY.value
-    assert hd.sr.MeasurementReport.from_sequence(sr.content).get_planar_roi_measurement_groups() == []
+    assert hd.sr.MeasurementReport.from_sequence(sr.content).get_image_measurement_groups() == []
 
 
 def test_sr_refuses_inconsistent_input(cases: dict[str, Case]) -> None:
@@ -377,8 +397,10 @@ def test_sr_refuses_inconsistent_input(cases: dict[str, Case]) -> None:
 
 # The only warnings the validators give on our outputs, and why they stay:
 KNOWN_WARNINGS = (
-    # pixelmed's 2022 TID 1410 lacks the qualitative-evaluation row that carries benign/malignant.
+    # pixelmed's 2022 TID 1501 lacks the qualitative-evaluation row that carries benign/malignant, and warns on
+    # the Comment TEXT we add to the (extensible) group so that viewers showing only text can read the call.
     '(121073,DCM,"Impression"): Content Item not in template',
+    '(121106,DCM,"Comment"): Content Item not in template',
     # dcentvfy files AccessionNumber under the Series IE for SR documents; the value is the study's, copied.
     "Element=<AccessionNumber> IE <Study> versus <Series>",
     # The DX source lacks these Type 2 attributes; the SEG/SR IODs require them present (empty).
