@@ -5,6 +5,9 @@ function BraNetPercent(p) {
   return (p === null || p === undefined) ? '' : (100 * p).toFixed(1) + ' %';
 }
 
+// A call within this distance of the decision threshold is marked: the model is close to undecided there.
+var BRANET_NEAR_THRESHOLD = 0.05;
+
 function BraNetInstanceLinks(instanceId, label) {
   var cell = $('<span>');
   if (instanceId) {
@@ -29,6 +32,10 @@ function BraNetRender(panel, data) {
   if (study.model_version) {
     summary.append(' \u2014 ').append($('<b>').text('model: ')).append($('<span>').text(study.model_version));
   }
+  if (data.viewer_url) {
+    summary.append(' \u2014 ').append($('<a>').addClass('branet-viewer').attr('href', '..' + data.viewer_url)
+                                              .attr('target', '_blank').text('open in OHIF viewer'));
+  }
   panel.append(summary);
   if (study.reason) {
     panel.append($('<p>').addClass('branet-reason').css({'margin': '4px 0', 'font-size': 'smaller'})
@@ -37,7 +44,7 @@ function BraNetRender(panel, data) {
 
   var table = $('<table>').addClass('branet-findings').css({'border-collapse': 'collapse', 'width': '100%'});
   var head = $('<tr>');
-  $.each(['ROI', 'Image', 'Finding', 'Label', 'p(malignant)', 'Outputs'], function(i, title) {
+  $.each(['ROI', 'Image', 'Finding', 'Label', 'p(malignant) / threshold', 'Certainty', 'Outputs'], function(i, title) {
     head.append($('<th>').css({'text-align': 'left', 'padding': '2px 6px'}).text(title));
   });
   table.append(head);
@@ -45,17 +52,19 @@ function BraNetRender(panel, data) {
   $.each(data.instances || [], function(i, instance) {
     $.each(instance.images || [], function(j, image) {
       var what = (image.modality || instance.modality || '') + (image.laterality ? ' ' + image.laterality : '') +
-                 (image.frame ? ' frame ' + image.frame : '');
+                 (image.instance_number !== null && image.instance_number !== undefined ?
+                  ' image ' + image.instance_number : '') + (image.frame ? ' frame ' + image.frame : '');
+      var threshold = image.model ? image.model.threshold : null;
       var outputs = $('<span>').append(BraNetInstanceLinks(image.sr_instance, 'SR')).append(' \u00b7 ')
                                .append(BraNetInstanceLinks(image.seg_instance, 'SEG'));
       var findings = image.findings || [];
       if (image.error) {
         table.append($('<tr>').append($('<td>')).append($('<td>').text(what))
-                              .append($('<td>').attr('colspan', 4).text('error: ' + image.error)));
+                              .append($('<td>').attr('colspan', 5).text('error: ' + image.error)));
         rows++;
       } else if (findings.length === 0) {
         table.append($('<tr>').append($('<td>')).append($('<td>').text(what)).append($('<td>').text('none'))
-                              .append($('<td>')).append($('<td>')).append($('<td>').append(outputs)));
+                              .append($('<td>')).append($('<td>')).append($('<td>')).append($('<td>').append(outputs)));
         rows++;
       }
       $.each(findings, function(k, finding) {
@@ -66,9 +75,19 @@ function BraNetRender(panel, data) {
         }
         var label = $('<td>').addClass('branet-label').text(finding.label)
                              .css('color', finding.label === 'malignant' ? '#b00000' : '#006000');
+        var probability = $('<td>').addClass('branet-probability').text(BraNetPercent(finding.p_malignant));
+        if (threshold !== null && threshold !== undefined) {
+          probability.append($('<span>').addClass('branet-threshold').text(' / ' + BraNetPercent(threshold)));
+          if (Math.abs(finding.p_malignant - threshold) < BRANET_NEAR_THRESHOLD) {
+            probability.append($('<br>')).append($('<span>').addClass('branet-near-threshold')
+                                                    .css({'color': '#a06000', 'font-size': 'smaller'})
+                                                    .text('near threshold'));
+          }
+        }
+        var certainty = $('<td>').addClass('branet-certainty')
+                                 .text(finding.prompt === 'auto' ? BraNetPercent(finding.proposal_score) : 'given box');
         table.append($('<tr>').append(thumb).append($('<td>').text(what)).append($('<td>').text(finding.index))
-                              .append(label)
-                              .append($('<td>').addClass('branet-probability').text(BraNetPercent(finding.p_malignant)))
+                              .append(label).append(probability).append(certainty)
                               .append($('<td>').append(outputs.clone())));
         rows++;
       });

@@ -3,7 +3,7 @@
 
 Starts the BraNet Orthanc node in the background (`branet orthanc run`), sends the bundled sample studies from
 samples/ with dcmtk's storescu, waits until each study is analysed, prints one row per finding (study, image,
-finding, label, p(malignant)) and the Orthanc Explorer URL, then stops the node (or leaves it running with --keep,
+finding, label, p(malignant)), the Orthanc Explorer and OHIF viewer URLs, then stops the node (or leaves it running with --keep,
 which `make demo KEEP=1` passes).
 """
 
@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from branet_pacs.orthanc.launcher import branet_node, free_port, send_files, wait_for  # noqa: E402
 from branet_pacs.orthanc.rest import OrthancError  # noqa: E402
+from branet_pacs.orthanc.viewer import study_url  # noqa: E402
 
 DEMO_AET = "BRANETDEMO"
 FINAL = {"analysed", "skipped", "error", "failed"}
@@ -121,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"study {orthanc_id}: {study['state']} ({study['model_version'] or 'no model'}) - {study['reason']}")
         print(f"round trip for {len(files)} images: {elapsed:.0f} s (send -> SEG + SR stored)")
         print(f"\nOrthanc Explorer: {node.url}/app/explorer.html  (user/password in {node.data_dir / 'credentials.json'})")
-        for orthanc_id in ids.values():
+        for uid, orthanc_id in ids.items():
             print(f"  study page:     {node.url}/app/explorer.html#study?uuid={orthanc_id}")
+            print(f"  OHIF viewer:    {study_url(uid, node.url)}")
         failed = [s for s in states.values() if s["state"] != "analysed"]
         keep = args.keep
         if keep:

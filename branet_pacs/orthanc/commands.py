@@ -16,6 +16,7 @@ from branet_pacs.orthanc.orthanc_config import (
     RunOptions,
     generate_config,
 )
+from branet_pacs.orthanc.viewer import study_url
 
 
 def _options(args: argparse.Namespace) -> RunOptions:
@@ -38,6 +39,8 @@ def _describe(generated: GeneratedConfig) -> str:
         f"BraNet-PACS Orthanc  AET {config['DicomAet']}  DICOM port {config['DicomPort']}  "
         f"HTTP port {config['HttpPort']}",
         f"  Explorer:     {generated.explorer_url}  (log in with {generated.credentials_path})",
+        f"  OHIF viewer:  {study_url('<StudyInstanceUID>', generated.http_url)}"
+        + ("" if Path(config["BraNet"]["OhifDirectory"], "index.html").is_file() else "  (not installed: make setup)"),
         f"  configuration {generated.path}",
         f"  senders:      {', '.join(senders) if senders else 'NONE - add --allow-sender AET@HOST'}",
         f"  forwarding:   {', '.join(forward) if forward else 'none'}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,18 @@ from branet_pacs.orthanc.credentials import Credentials, load_credentials
 from branet_pacs.orthanc.rest import HttpOrthanc, OrthancError
 
 T = TypeVar("T")
+
+def dcmtk_executable(name: str) -> str:
+    """dcmtk's `name` from PATH, skipping this Python environment's own scripts: pynetdicom installs console
+    scripts of the same names (storescu, findscu, ...) with other options into the virtual environment."""
+    venv_bin = Path(sys.prefix).resolve() / "bin"
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        if entry and Path(entry).resolve() != venv_bin:
+            found = shutil.which(name, path=entry)
+            if found:
+                return found
+    raise FileNotFoundError(f"dcmtk's {name} is not on PATH (Debian package dcmtk; `make setup` installs it)")
+
 
 # storescu option that proposes a file's transfer syntax (the default proposes uncompressed ones only)
 STORESCU_TS_OPTION = {
@@ -186,7 +199,7 @@ def send_files(files: Iterable[Path], port: int, called_aet: str, calling_aet: s
     """C-STORE the files with dcmtk's storescu (one association per transfer-syntax group)."""
     results = []
     for option, group in storescu_groups(files):
-        command = ["storescu", "-aet", calling_aet, "-aec", called_aet, *([option] if option else []),
+        command = [dcmtk_executable("storescu"), "-aet", calling_aet, "-aec", called_aet, *([option] if option else []),
                    host, str(port), *map(str, group)]
         result = subprocess.run(command, capture_output=True, text=True)
         if check and (result.returncode != 0 or "E:" in result.stderr):

@@ -34,6 +34,7 @@ from branet_pacs.orthanc.status import (
 )
 from branet_pacs.orthanc.store import Retry, ServiceStore
 from branet_pacs.orthanc.supervisor import WorkerSupervisor
+from branet_pacs.orthanc.viewer import study_url
 from branet_pacs.types import StudyState
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,7 @@ class BraNetNode:
             instances.append(value)
         return {
             "study": record.to_json(),
+            "viewer_url": study_url(record.study_uid),
             "instances": instances,
             "outputs": [{"sop_uid": o.sop_uid, "kind": o.kind, "source_instance": o.source_instance,
                          "instance_id": o.instance_id, "stored": o.stored, "stored_at": o.stored_at} for o in outputs],

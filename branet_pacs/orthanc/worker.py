@@ -175,6 +175,7 @@ class StudyWorker:
             frame = image.image.frame_number
             entry: dict[str, Any] = {
                 "frame": frame, "modality": image.image.modality, "laterality": image.image.laterality,
+                "instance_number": _instance_number(image.image.dataset),
                 "seg": str(image.seg.SOPInstanceUID) if image.seg is not None else None,
                 "sr": str(image.sr.SOPInstanceUID) if image.sr is not None else None,
                 "model": image.models.as_json(), "findings": []}
@@ -288,6 +289,14 @@ class WorkerProcess:
                 log.warning("study %s: failed state not written to Orthanc metadata: %s", study.study_id, exc)
 
 
+def _instance_number(ds: Any) -> int | None:
+    """The source image's Instance Number, how a radiologist names "image 3" of a series (None when absent)."""
+    try:
+        return int(ds.get("InstanceNumber"))
+    except (TypeError, ValueError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="branet-worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -312,3 +321,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -14,7 +14,7 @@ import subprocess
 import pydicom
 import pytest
 
-from branet_pacs.orthanc.launcher import wait_for
+from branet_pacs.orthanc.launcher import dcmtk_executable, wait_for
 from branet_pacs.orthanc.rest import HttpOrthanc, OrthancError
 
 import dicom_factory as factory
@@ -250,7 +250,7 @@ def test_sender_not_on_the_whitelist_is_refused(api, servers):
     assert wrong_host.returncode != 0 or "E:" in wrong_host.stderr, "the AE title is bound to its host"
     wrong_case = send(servers["node"], files, calling_aet=SENDER_AET.lower(), check=False)[0]
     assert wrong_case.returncode != 0 or "E:" in wrong_case.stderr, "AE titles compare case-sensitively"
-    wrong_called = subprocess.run(["storescu", "-aet", SENDER_AET, "-aec", "NOTBRANET", "127.0.0.1",
+    wrong_called = subprocess.run([dcmtk_executable("storescu"), "-aet", SENDER_AET, "-aec", "NOTBRANET", "127.0.0.1",
                                    str(servers["node"].dicom_port), str(files[0])], capture_output=True, text=True)
     assert wrong_called.returncode != 0 or "E:" in wrong_called.stderr
     answer = json.loads(api.request("POST", "/tools/lookup", str(us.StudyInstanceUID).encode(), "text/plain"))
@@ -301,6 +301,10 @@ def test_explorer_panel_in_headless_chromium(analysed, servers, tmp_path):
     panel = html[html.index('id="branet-panel"'):]
     assert "analysed" in panel
     assert "branet-label" in panel and "branet-probability" in panel and " %" in panel
+    assert 'class="branet-threshold"' in panel and 'class="branet-certainty"' in panel
+    assert " image 1" in panel                                       # images named by their Instance Number
+    uid = str(analysed["US"]["datasets"][0].StudyInstanceUID)
+    assert f'href="../ohif/basic?StudyInstanceUIDs={uid}"' in panel, "the panel links the study in OHIF"
     assert 'class="branet-roi"' in panel or "none" in panel
     assert f"#instance?uuid={branet_study(node.api(), orthanc_id)['instances'][0]['images'][0]['sr_instance']}" in panel
     ARTIFACTS.mkdir(exist_ok=True)

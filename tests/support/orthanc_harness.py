@@ -117,6 +117,8 @@ def wait_final(api: HttpOrthanc, orthanc_id: str, timeout: float = 600, runs: in
     def final() -> dict[str, Any] | None:
         detail = branet_study(api, orthanc_id)
         study = detail["study"]
+        if study.get("state") == "failed":     # attempts used up: final, and the run is not counted
+            return detail
         return detail if study.get("state") in FINAL_STATES and study.get("runs", 0) >= runs else None
     return wait_for(final, timeout, 0.5, f"study {orthanc_id} to be analysed")
 
