@@ -7,13 +7,13 @@ synthetic (tests/dicom_factory.py): 640x480 US and 1024x832 12-bit MG, sent with
 - latency: single-image studies sent one after another; from the moment the stable event queued the study (the
   STABLE_STUDY callback wakes the change feed) to the moment its SR was stored in Orthanc; also send -> SR stored
   (which includes StableAge);
-- burst: 50 US images in 10 studies of 5, sent in one association; images/min from the first study queued to the
-  last study finished;
+- bursts: 50 US images in 10 studies of 5, and 30 one-image US studies, each sent in one association; images/min and
+  studies/min from the first study queued to the last study finished;
 - where the time goes: the worker's per-image steps (fetch over REST, decode + ingest, pipeline stages,
   thumbnails + outbox, store over REST), medians over the burst;
 - memory: VmRSS and VmHWM (peak) from /proc of the Orthanc process and of the worker after the burst.
 
-Run: .venv/bin/python benchmarks/bench_orthanc.py [--latency-us 5] [--latency-mg 3] [--burst 50] [--config TOML]
+Run: .venv/bin/python benchmarks/bench_orthanc.py [--latency-us 5] [--latency-mg 3] [--burst 50] [--burst-studies 30] [--config TOML]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
 import pydicom  # noqa: E402
 
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-us", type=int, default=5, help="single-image US studies for the latency")
     parser.add_argument("--latency-mg", type=int, default=3, help="single-image MG studies for the latency")
     parser.add_argument("--burst", type=int, default=50, help="US images in the burst (studies of 5)")
+    parser.add_argument("--burst-studies", type=int, default=30, help="one-image US studies in the study burst")
     parser.add_argument("--config", help="pipeline settings TOML (default config/branet.toml)")
     args = parser.parse_args(argv)
 
@@ -117,20 +118,26 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((f"latency send -> SR stored, {modality} (StableAge 2 s)",
                              f"{statistics.median(end_to_end):.2f} s", ""))
 
-            per_study = 5
-            studies = [_study("US", per_study, seed=2000 + 10 * i) for i in range(max(1, args.burst // per_study))]
-            files = [p for i, s in enumerate(studies) for p in _write(s, tmp / f"burst-{i}")]
-            sent = time.time()
-            send_files(files, node.dicom_port, node.aet, SENDER)
-            details = [_final(api, _orthanc_id(api, str(s[0].StudyInstanceUID))) for s in studies]
-            done = time.time()
-            first_queued = min(d["study"]["queued_at"] for d in details)
-            last_finished = max(d["study"]["finished_at"] for d in details)
-            analysed = sum(len(d["instances"]) for d in details if d["study"]["state"] == "analysed")
-            rows.append((f"burst: {len(files)} US images in {len(studies)} studies",
-                         f"{analysed * 60.0 / (last_finished - first_queued):.1f} images/min",
-                         f"first queued -> last done {last_finished - first_queued:.0f} s; "
-                         f"send -> all done {done - sent:.0f} s"))
+            details = []
+            for per_study, count, label in ((5, max(1, args.burst // 5), "images"),
+                                            (1, args.burst_studies, "studies")):
+                if count < 1:
+                    continue
+                studies = [_study("US", per_study, seed=2000 + 10 * i + 5000 * per_study) for i in range(count)]
+                files = [p for i, s in enumerate(studies) for p in _write(s, tmp / f"burst-{per_study}-{i}")]
+                sent = time.time()
+                send_files(files, node.dicom_port, node.aet, SENDER)
+                burst = [_final(api, _orthanc_id(api, str(s[0].StudyInstanceUID))) for s in studies]
+                done = time.time()
+                first_queued = min(d["study"]["queued_at"] for d in burst)
+                last_finished = max(d["study"]["finished_at"] for d in burst)
+                ok = [d for d in burst if d["study"]["state"] == "analysed"]
+                analysed = sum(len(d["instances"]) for d in ok) if label == "images" else len(ok)
+                rows.append((f"burst: {len(files)} US images in {len(studies)} studies",
+                             f"{analysed * 60.0 / (last_finished - first_queued):.1f} {label}/min",
+                             f"first queued -> last done {last_finished - first_queued:.0f} s; "
+                             f"send -> all done {done - sent:.0f} s"))
+                details += burst
 
             steps: dict[str, list[float]] = {}
             for detail in details:

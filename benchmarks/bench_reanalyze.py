@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))   # the Orthanc harness and the synthetic DICOM factory live with the tests
+sys.path.insert(0, str(REPO / "tests" / "support"))   # the Orthanc harness and the synthetic DICOM factory live with the tests
 
 from branet_pacs.config import DEFAULT_MODELS_DIR, load_config  # noqa: E402
 from branet_pacs.reanalysis.archive import ConnectionOptions  # noqa: E402

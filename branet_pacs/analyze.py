@@ -61,7 +61,7 @@ def result_rows(result: InstanceResult, out_dir: Path | None) -> list[ResultRow]
         files = {out.kind: out.relative for out in write_image_outputs(image, out_dir)} if out_dir is not None else {}
         frame = f"frame {image.image.frame_number}: " if image.image.frame_number else ""
         row = dataclasses.replace(base, modality=image.image.modality, seg_file=files.get("SEG", ""),
-                                  sr_file=files.get("SR", ""))
+                                  sr_file=files.get("SR", ""), cad_file=files.get("CAD", ""))
         if not image.findings:
             rows.append(dataclasses.replace(row, reason=f"{frame}analysed, no lesion found"))
         for finding in image.findings:

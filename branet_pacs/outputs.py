@@ -1,7 +1,7 @@
 """Where results go: the one module that turns output objects into Part 10 bytes and files.
 
 Layout under an output folder (the CLI's results folder, a re-analysis worker's spool):
-    <StudyInstanceUID>/<SOPInstanceUID>[_f<frame>]_seg.dcm | _sr.dcm
+    <StudyInstanceUID>/<SOPInstanceUID>[_f<frame>]_seg.dcm | _sr.dcm | _cad.dcm (Mammography CAD SR)
 named after the *source* instance (and frame). Files are written atomically (temporary file + rename), so a
 reader never sees half a file and a crash leaves either the old file or the new one.
 """
@@ -15,14 +15,20 @@ from pathlib import Path
 
 import pydicom
 
+from branet_pacs.dicom.codes import MAMMOGRAPHY_CAD_SR
 from branet_pacs.types import ImageResult, InstanceResult
 
-SUFFIX = {"SEG": "_seg.dcm", "SR": "_sr.dcm"}
+SUFFIX = {"SEG": "_seg.dcm", "SR": "_sr.dcm", "CAD": "_cad.dcm"}
+
+
+def output_kind(dataset: pydicom.Dataset) -> str:
+    """"SEG", "SR" (the TID 1500 report) or "CAD" (the Mammography CAD SR, also Modality SR)."""
+    return "CAD" if str(dataset.SOPClassUID) == MAMMOGRAPHY_CAD_SR else str(dataset.Modality)
 
 
 @dataclass(frozen=True)
 class WrittenOutput:
-    kind: str          # "SEG" | "SR"
+    kind: str          # "SEG" | "SR" | "CAD"
     path: Path         # absolute
     relative: str      # to the output folder (what results.csv names)
     sop_instance_uid: str
@@ -53,12 +59,12 @@ def write_file(data: bytes, path: Path, durable: bool = False) -> None:
 
 
 def write_image_outputs(result: ImageResult, out_dir: Path) -> list[WrittenOutput]:
-    """The SEG (if any) and SR of one analysed image, SEG first (the SR references it)."""
+    """The SEG (if any), SR and Mammography CAD SR (if any) of one analysed image, SEG first (the SR references it)."""
     study_dir = Path(out_dir) / result.image.study_instance_uid
     stem = output_stem(result)
     written = []
     for dataset in result.outputs:
-        kind = str(dataset.Modality)
+        kind = output_kind(dataset)
         path = study_dir / f"{stem}{SUFFIX[kind]}"
         write_file(encode(dataset), path)
         written.append(WrittenOutput(kind, path, str(path.relative_to(out_dir)), str(dataset.SOPInstanceUID)))

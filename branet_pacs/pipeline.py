@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from branet_pacs.config import Config
+from branet_pacs.dicom.cad_sr import build_mammography_cad_sr
 from branet_pacs.dicom.ingest import Source, ingest
 from branet_pacs.dicom.seg import build_seg
 from branet_pacs.dicom.sr import build_sr
@@ -185,9 +186,12 @@ class Analyzer:
         settings = self.config.output
         seg = build_seg(image, findings, models, settings) if findings else None
         sr = build_sr(image, findings, models, seg, settings)
+        cad_sr = (build_mammography_cad_sr(image, findings, models, settings)
+                  if settings.mammography_cad_sr and image.modality == "MG" else None)
         timings["encode"] = time.perf_counter() - start
         log.info("analysed SOP %s frame %s: %d finding(s)", image.sop_instance_uid, image.frame_number, len(findings))
-        return ImageResult(image=image, findings=findings, models=models, seg=seg, sr=sr, timings=timings)
+        return ImageResult(image=image, findings=findings, models=models, seg=seg, sr=sr, timings=timings,
+                           cad_sr=cad_sr)
 
     def find_lesions(self, image: BreastImage, boxes: Sequence[Box] | None = None,
                      timings: dict[str, float] | None = None) -> tuple[Finding, ...]:

@@ -152,11 +152,12 @@ class ImageResult:
     seg: pydicom.Dataset | None = None   # None when there is no finding
     sr: pydicom.Dataset | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    cad_sr: pydicom.Dataset | None = None   # Mammography CAD SR ([output] mammography_cad_sr, MG only)
 
     @property
     def outputs(self) -> tuple[pydicom.Dataset, ...]:
         """The objects to store, the SEG before the SR that references it."""
-        return tuple(ds for ds in (self.seg, self.sr) if ds is not None)
+        return tuple(ds for ds in (self.seg, self.sr, self.cad_sr) if ds is not None)
 
 
 @dataclass(frozen=True)
@@ -296,9 +297,10 @@ class ResultRow:
     box: Box | None = None
     seg_file: str = ""
     sr_file: str = ""
+    cad_file: str = ""
 
     CSV_COLUMNS = ("source", "sop_instance_uid", "study_instance_uid", "modality", "status", "reason", "finding",
-                   "label", "p_malignant", "x0", "y0", "x1", "y1", "seg_file", "sr_file")
+                   "label", "p_malignant", "x0", "y0", "x1", "y1", "seg_file", "sr_file", "cad_file")
 
     def as_csv_row(self) -> dict[str, str]:
         x0, y0, x1, y1 = self.box if self.box else ("", "", "", "")
@@ -309,5 +311,5 @@ class ResultRow:
             "finding": "" if self.finding is None else str(self.finding), "label": self.label,
             "p_malignant": "" if self.p_malignant is None else f"{self.p_malignant:.4f}",
             "x0": str(x0), "y0": str(y0), "x1": str(x1), "y1": str(y1),
-            "seg_file": self.seg_file, "sr_file": self.sr_file,
+            "seg_file": self.seg_file, "sr_file": self.sr_file, "cad_file": self.cad_file,
         }

@@ -96,3 +96,6 @@ ILLUSTRATION_OF_ROI = Code("121200", "DCM", "Illustration of ROI")
 # The call in words for readers and viewers that show text but not coded values (OHIF labels an outline with the
 # Comment items of its group): DCM 121106 "Comment".
 COMMENT = Code("121106", "DCM", "Comment")
+
+# SOP class of the Mammography CAD SR (PS3.4), written by branet_pacs.dicom.cad_sr
+MAMMOGRAPHY_CAD_SR = "1.2.840.10008.5.1.4.1.1.88.50"

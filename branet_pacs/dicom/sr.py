@@ -237,21 +237,29 @@ def build_sr(image: BreastImage, findings: Sequence[Finding], models: ModelIdent
         missing = sorted({f.index for f in findings} - numbers)
         if missing:
             raise ValueError(f"SEG has no segment for finding(s) {missing}")
-    source = source_for_reference(image)
+    evidence = [source_for_reference(image)] + ([seg] if seg is not None else [])
+    return sr_document(image, models, settings, kind="SR", series_number=settings.sr_series_number,
+                       content=_report(image, findings, models, seg, settings), evidence=evidence)
+
+
+def sr_document(image: BreastImage, models: ModelIdentity, settings: OutputSettings, *, kind: str,
+                series_number: int, content: hd.sr.ContainerContentItem,
+                evidence: Sequence[pydicom.Dataset]) -> hd.sr.ComprehensiveSR:
+    """An SR document about one analysed image with our header: derived UIDs for `kind` ("SR", "CAD"), equipment,
+    the study copied from the source; completion PARTIAL, verification UNVERIFIED, preliminary."""
     eq = equipment(models)
-    evidence = [source] + ([seg] if seg is not None else [])
     return hd.sr.ComprehensiveSR(
-        evidence=evidence,
-        content=_report(image, findings, models, seg, settings),
-        series_instance_uid=series_uid(settings, image, "SR", models),
-        series_number=settings.sr_series_number,
-        sop_instance_uid=instance_uid(settings, image, "SR", models),
+        evidence=list(evidence),
+        content=content,
+        series_instance_uid=series_uid(settings, image, kind, models),
+        series_number=series_number,
+        sop_instance_uid=instance_uid(settings, image, kind, models),
         instance_number=int(image.dataset.get("InstanceNumber") or 1),
         manufacturer=eq.manufacturer,
         manufacturer_model_name=eq.model_name,
         software_versions=list(eq.software_versions),
         device_serial_number=eq.serial_number,
-        series_description=series_description(settings, image, "SR"),
+        series_description=series_description(settings, image, "CAD SR" if kind == "CAD" else kind),
         institution_name=settings.institution_name or None,
         performed_procedure_codes=[breast_procedure(image)],
         is_complete=False,

@@ -232,7 +232,7 @@ class BraNetNode:
         for inst in self.store.instances(study_id):
             value = inst.to_json()
             for image in value["images"]:
-                for kind in ("seg", "sr"):
+                for kind in ("seg", "sr", "cad"):
                     sop = image.get(kind)
                     out = by_sop.get(sop) if sop else None
                     image[f"{kind}_instance"] = out.instance_id if out and out.stored else None

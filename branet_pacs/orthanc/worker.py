@@ -178,6 +178,7 @@ class StudyWorker:
                 "instance_number": _instance_number(image.image.dataset),
                 "seg": str(image.seg.SOPInstanceUID) if image.seg is not None else None,
                 "sr": str(image.sr.SOPInstanceUID) if image.sr is not None else None,
+                "cad": str(image.cad_sr.SOPInstanceUID) if image.cad_sr is not None else None,
                 "model": image.models.as_json(), "findings": []}
             for finding in image.findings:
                 name = f"{record.sop_uid}_{frame or 0}_{finding.index}.png"
@@ -195,11 +196,11 @@ class StudyWorker:
 
     def _store_outputs(self, record: InstanceRecord, result: InstanceResult) -> None:
         """Record the outputs as ours, then store them (SEG before the SR that references it)."""
-        from branet_pacs.outputs import encode
+        from branet_pacs.outputs import encode, output_kind
 
         outputs = result.outputs
         self.store.record_outputs([OutputRecord(sop_uid=str(ds.SOPInstanceUID), study_id=record.study_id,
-                                                source_instance=record.instance_id, kind=str(ds.Modality))
+                                                source_instance=record.instance_id, kind=output_kind(ds))
                                    for ds in outputs])
         for dataset in outputs:
             answer = self.api.post_dicom(encode(dataset))

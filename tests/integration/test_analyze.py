@@ -148,3 +148,23 @@ def test_a_box_entirely_outside_the_image_is_an_error(tmp_path):
     rows = read_rows(out)
     assert code == 1 and len(rows) == 1 and rows[0]["status"] == "error"
     assert "box error: every given box lies outside the analysed image region" in rows[0]["reason"]
+
+
+def test_mammography_cad_sr_when_configured(tmp_path):
+    config = tmp_path / "branet.toml"
+    config.write_text(f'models_dir = "{REPO / "models"}"\n[output]\nmammography_cad_sr = true\n')
+    out = tmp_path / "out"
+    assert main(["analyze", str(SAMPLES / "mg-study"), "--out", str(out), "--config", str(config),
+                 "--no-progress"]) == 0
+    rows = read_rows(out)
+    assert rows and all(r["cad_file"].endswith("_cad.dcm") for r in rows)
+    items = {r["cad_file"]: (None, out / r["cad_file"], [Path(r["source"])]) for r in rows}
+    for cad_file, reports in zip(items, validate.validate_outputs_many(list(items.values()))):
+        cad = pydicom.dcmread(out / cad_file)
+        assert cad.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.50"
+        for report in reports:
+            assert report.ok, f"{report.tool} on {cad_file}: {report.errors[:5]}"
+    us = tmp_path / "us"
+    assert main(["analyze", str(SAMPLES / "us-study"), "--out", str(us), "--config", str(config),
+                 "--no-progress"]) == 0
+    assert all(r["cad_file"] == "" for r in read_rows(us)), "the CAD SR is for mammograms only"

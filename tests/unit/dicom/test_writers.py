@@ -8,6 +8,7 @@ Laterality / Type 2 patient-study attributes (2 findings), and an MG (right) wit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 import branet_pacs
 from branet_pacs.config import OutputSettings
 from branet_pacs.dicom import codes
+from branet_pacs.dicom.cad_sr import LIBRARY_ENTRY, build_mammography_cad_sr
 from branet_pacs.dicom.seg import build_seg, pixel_spacing_mm, read_seg
 from branet_pacs.dicom.sr import build_sr, call_text
 from branet_pacs.imaging.geometry import mask_box, mask_outline
@@ -231,7 +233,7 @@ def test_output_uids_are_derived_from_source_frame_and_model(cases: dict[str, Ca
     frame2 = build_sr(replace(cine.image, frame_number=2), cine.findings, MODELS, None, SETTINGS)
     frame3 = build_sr(cine.image, cine.findings, MODELS, None, SETTINGS)
     assert frame2.SOPInstanceUID != frame3.SOPInstanceUID
-    assert frame2.SeriesInstanceUID != frame3.SeriesInstanceUID, "one series per output object (OHIF shows one per series)"
+    assert frame2.SeriesInstanceUID != frame3.SeriesInstanceUID, "one series per output object (OHIF: one per series)"
     assert frame3.SeriesInstanceUID == build_sr(cine.image, cine.findings, MODELS, None, SETTINGS).SeriesInstanceUID
     for uid in _uids(first) | _uids(sr):
         assert pydicom.uid.UID(uid).is_valid, uid
@@ -406,6 +408,8 @@ KNOWN_WARNINGS = (
     # The DX source lacks these Type 2 attributes; the SEG/SR IODs require them present (empty).
     "Attribute present in one instance but not the other",
     "Missing attribute or value that would be needed to build DICOMDIR",
+    # dcmtk's dsrdump does not check the Mammography CAD SR's templates (pixelmed does), and says so.
+    "Check for template constraints not yet supported",
 )
 
 
@@ -464,3 +468,85 @@ def test_references_to_a_single_frame_sop_class_name_no_frame(cases: dict[str, C
         assert not [e for e in pydicom.dcmread(path).iterall() if e.keyword == "ReferencedFrameNumber"], path.name
     cine = pydicom.dcmread(cases["us-cine-frame3"].sr_path)
     assert [int(e.value) for e in cine.iterall() if e.keyword == "ReferencedFrameNumber"]
+
+
+# ------------------------------------------------------------------------------------------- Mammography CAD SR
+
+MG_CASES = ["mg-left", "mg-right-none", "sc-one-frame"]
+
+
+def _cad_item(node: pydicom.Dataset, path: Sequence[int]) -> pydicom.Dataset:
+    """The content item at a Referenced Content Item Identifier (1 = the root)."""
+    assert path[0] == 1
+    for position in path[1:]:
+        node = node.ContentSequence[position - 1]
+    return node
+
+
+@pytest.fixture(scope="module")
+def cad_files(cases: dict[str, Case], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("cad")
+    files = {}
+    for name in MG_CASES:
+        case = cases[name]
+        cad = build_mammography_cad_sr(case.image, case.findings, MODELS, SETTINGS)
+        files[name] = out / f"{name}-cad.dcm"
+        cad.save_as(files[name], enforce_file_format=True)
+    return files
+
+
+@pytest.mark.parametrize("name", MG_CASES)
+def test_mammography_cad_sr_content(cases: dict[str, Case], cad_files: dict[str, Path], name: str) -> None:
+    case = cases[name]
+    src = case.image.dataset
+    cad = pydicom.dcmread(cad_files[name])
+    assert cad.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.50" == cad.file_meta.MediaStorageSOPClassUID
+    assert cad.Modality == "SR" and int(cad.SeriesNumber) == SETTINGS.cad_sr_series_number
+    assert cad.SeriesDescription == _series_description("CAD SR", case)
+    assert cad.SeriesInstanceUID != build_sr(case.image, case.findings, MODELS, None, SETTINGS).SeriesInstanceUID
+    assert cad.CompletionFlag == "PARTIAL" and cad.VerificationFlag == "UNVERIFIED"
+    assert cad.ConceptNameCodeSequence[0].CodeValue == "111036"
+    assert cad.ContentTemplateSequence[0].TemplateIdentifier == "4000"
+    summary = _only(cad, "111017")
+    assert summary.ConceptCodeSequence[0].CodeValue == ("111242" if case.findings else "111241")
+    # the Image Library entry the outlines point at is the analysed image
+    entry = _cad_item(cad, LIBRARY_ENTRY)
+    assert entry.ValueType == "IMAGE" and "ConceptNameCodeSequence" not in entry
+    assert entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    side = [i.ConceptCodeSequence[0].CodeValue for i in _items(entry, "111027")]
+    assert side == [{"L": "80248007", "R": "73056007"}[case.side]]
+    impressions = summary.get("ContentSequence", [])
+    assert len(impressions) == len(case.findings)
+    for finding, impression in zip(case.findings, impressions):
+        assert impression.RelationshipType == "INFERRED FROM"
+        (single,) = _items(impression, "111059")
+        (probability,) = _items(single, "111047")
+        assert float(probability.MeasuredValueSequence[0].NumericValue) / 100 == pytest.approx(finding.p_malignant,
+                                                                                               abs=1e-6)
+        certainty = _items(single, codes.CERTAINTY_OF_FINDING.value)
+        assert len(certainty) == (1 if finding.prompt == "auto" else 0)
+        (outline,) = _items(single, "111041")
+        np.testing.assert_allclose(np.reshape(outline.GraphicData, (-1, 2)), finding.outline + 0.5, atol=1e-4)
+        (centre,) = _items(single, "111010")
+        assert centre.GraphicType == "POINT"
+        for scoord in (outline, centre):
+            (reference,) = scoord.ContentSequence
+            assert reference.RelationshipType == "SELECTED FROM"
+            assert list(reference.ReferencedContentItemIdentifier) == list(LIBRARY_ENTRY)
+
+
+def test_mammography_cad_sr_is_for_mammograms_only(cases: dict[str, Case]) -> None:
+    case = cases["us"]
+    with pytest.raises(ValueError, match="mammograms"):
+        build_mammography_cad_sr(case.image, case.findings, MODELS, SETTINGS)
+
+
+@pytest.mark.integration
+def test_every_validator_finds_every_cad_sr_clean(cases: dict[str, Case], cad_files: dict[str, Path]) -> None:
+    items = [(None, cad_files[n], [cases[n].source_path]) for n in MG_CASES]
+    for name, reports in zip(MG_CASES, validate.validate_outputs_many(items)):
+        assert [r.tool for r in reports] == ["dciodvfy", "dcentvfy", "dsrdump", "pixelmed DicomSRValidator"]
+        for report in reports:
+            assert report.ok, f"{name}: {report.summary()}\n{report.output}"
+            unexplained = [w for w in report.warnings if not any(k in w for k in KNOWN_WARNINGS)]
+            assert not unexplained, (name, report.tool, unexplained)
