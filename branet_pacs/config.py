@@ -85,9 +85,9 @@ class OutputSettings:
     seg_series_number: int = 9801
     sr_series_number: int = 9802
     institution_name: str = ""
-    # Also write a Mammography CAD SR (TID 4000) for every analysed mammogram, for PACS and mammography
-    # workstations that overlay CAD marks (branet_pacs/dicom/cad_sr.py), in its own series.
-    mammography_cad_sr: bool = False
+    # Also write a Mammography CAD SR (TID 4000) for every analysed mammogram (on by default), for PACS and
+    # mammography workstations that overlay CAD marks (branet_pacs/dicom/cad_sr.py), in its own series.
+    mammography_cad_sr: bool = True
     cad_sr_series_number: int = 9803
 
     def __post_init__(self) -> None:

@@ -17,8 +17,8 @@ What PACS and mammography workstations that overlay CAD marks read. Written next
       CONTAINER Image Library: IMAGE the source mammogram (TID 4020: laterality, view, pixel spacing, rows/columns)
       CODE Summary of Detections = Succeeded
         INFERRED FROM Successful Detections: Detection Performed = (mass) (TID 4015/4017)
-      CODE Summary of Analyses = Not Attempted (no CID 6043 analysis is performed; benign/malignant is a property of
-        each finding)
+      CODE Summary of Analyses = Succeeded, INFERRED FROM Successful Analyses: Analysis Performed = Individual
+        Impression/Recommendation Analysis (the classifier, the image) (TID 4016/4018)
 
 The detector looks for masses (the training data are masses); see MASS for the code CAD uses for them.
 """
@@ -76,8 +76,10 @@ PIXEL_DATA_COLUMNS = Code("110911", "DCM", "Pixel Data Columns")
 SUMMARY_OF_DETECTIONS = Code("111064", "DCM", "Summary of Detections")
 SUMMARY_OF_ANALYSES = Code("111065", "DCM", "Summary of Analyses")
 SUCCEEDED = Code("111222", "DCM", "Succeeded")
-NOT_ATTEMPTED = Code("111225", "DCM", "Not Attempted")
 SUCCESSFUL_DETECTIONS = Code("111063", "DCM", "Successful Detections")
+SUCCESSFUL_ANALYSES = Code("111062", "DCM", "Successful Analyses")
+ANALYSIS_PERFORMED = Code("111004", "DCM", "Analysis Performed")
+INDIVIDUAL_IMPRESSION_ANALYSIS = Code("111233", "DCM", "Individual Impression / Recommendation Analysis")  # CID 6043
 DETECTION_PERFORMED = Code("111022", "DCM", "Detection Performed")
 MILLIMETRE = Code("mm", "UCUM", "millimeter")
 PIXELS = Code("{pixels}", "UCUM", "Pixels")
@@ -208,7 +210,13 @@ def _content(image: BreastImage, findings: Sequence[Finding], models: ModelIdent
                                              relationship_type=Rel.CONTAINS),
                        _with(hd.sr.ContainerContentItem(name=SUCCESSFUL_DETECTIONS,
                                                         relationship_type=Rel.INFERRED_FROM), performed))
-    analyses = hd.sr.CodeContentItem(name=SUMMARY_OF_ANALYSES, value=NOT_ATTEMPTED, relationship_type=Rel.CONTAINS)
+    # the benign/malignant classification of each finding: an individual impression analysis (TID 4016/4018)
+    analysis = _with(hd.sr.CodeContentItem(name=ANALYSIS_PERFORMED, value=INDIVIDUAL_IMPRESSION_ANALYSIS,
+                                           relationship_type=Rel.CONTAINS),
+                     *_algorithm(models.classifier_name, models.classifier_version), _image(image, Rel.HAS_PROPERTIES))
+    analyses = _with(hd.sr.CodeContentItem(name=SUMMARY_OF_ANALYSES, value=SUCCEEDED, relationship_type=Rel.CONTAINS),
+                     _with(hd.sr.ContainerContentItem(name=SUCCESSFUL_ANALYSES, relationship_type=Rel.INFERRED_FROM),
+                           analysis))
     root = hd.sr.ContainerContentItem(name=MAMMOGRAPHY_CAD_REPORT, template_id="4000")
     language = hd.sr.LanguageOfContentItemAndDescendants(hd.sr.templates.DEFAULT_LANGUAGE)
     root.ContentSequence = _sequence(*language, summary, library, detections, analyses)

@@ -24,6 +24,7 @@ import branet_pacs
 from branet_pacs.cli import main
 from branet_pacs.config import DEFAULT_MODELS_DIR
 from branet_pacs.models.errors import ModelUnavailable
+from branet_pacs.outputs import output_kind
 from branet_pacs.reanalysis.run import version_marker
 from branet_pacs.reanalysis.state import StateStore
 
@@ -99,14 +100,14 @@ def last_run(state: Path) -> tuple[dict, list[dict]]:
 
 
 def branet_outputs(archive, study_uid: str) -> dict[str, list[pydicom.Dataset]]:
-    """BraNet-PACS objects stored in a study, by modality (SR / SEG), read back from the archive."""
-    out: dict[str, list[pydicom.Dataset]] = {"SR": [], "SEG": []}
+    """BraNet-PACS objects stored in a study, by kind (SR / SEG / CAD), read back from the archive."""
+    out: dict[str, list[pydicom.Dataset]] = {"SR": [], "SEG": [], "CAD": []}
     for item in archive.get(f"/studies/{archive.study_id(study_uid)}/instances"):
         response = archive.session.get(f"{archive.http_url}/instances/{item['ID']}/file", timeout=30)
         response.raise_for_status()
         ds = pydicom.dcmread(io.BytesIO(response.content))
         if ds.get("Manufacturer") == branet_pacs.MANUFACTURER:
-            out[ds.Modality].append(ds)
+            out[output_kind(ds)].append(ds)
     return out
 
 

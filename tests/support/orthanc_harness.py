@@ -15,6 +15,7 @@ from typing import Any
 
 import pydicom
 
+from branet_pacs.dicom.codes import MAMMOGRAPHY_CAD_SR
 from branet_pacs.orthanc.credentials import load_or_create_credentials
 from branet_pacs.orthanc.launcher import NodeProcess, branet_node, free_port, send_files, wait_for
 from branet_pacs.orthanc.orthanc_config import DEFAULT_TEMPLATE, ORTHANC_BINARY
@@ -129,10 +130,15 @@ def metadata(api: HttpOrthanc, orthanc_id: str) -> dict[str, str]:
 
 
 def instances_by_modality(api: HttpOrthanc, orthanc_id: str) -> dict[str, list[dict[str, Any]]]:
+    """A study's instances by modality; Mammography CAD SRs under "CAD" (their modality is SR too)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for series in api.get_json(f"/studies/{orthanc_id}/series"):
         modality = series["MainDicomTags"].get("Modality", "")
-        out.setdefault(modality, []).extend(api.get_json(f"/series/{series['ID']}/instances"))
+        instances = api.get_json(f"/series/{series['ID']}/instances")
+        if modality == "SR" and instances and \
+                api.get(f"/instances/{instances[0]['ID']}/metadata/SopClassUid").decode() == MAMMOGRAPHY_CAD_SR:
+            modality = "CAD"
+        out.setdefault(modality, []).extend(instances)
     return out
 
 
