@@ -45,6 +45,7 @@ class Case:
     notes: tuple[str, ...] = ()      # what could not be read, for reports
     all_lesions_known: bool = True   # False when an abnormality of the image is not in `lesions` (no mask, no centre)
     tags: dict[str, str] = field(default_factory=dict)   # per-image flags a dataset records (BUS-UCLM: calipers...)
+    row_scale: float = 1.0           # rows are stretched by this on loading (undoes a squashing resize: CBIS-DDSM)
 
     @property
     def complete(self) -> bool:
@@ -53,12 +54,15 @@ class Case:
                 and (self.category == "normal" or bool(self.lesions)))
 
     def pixels(self) -> np.ndarray:
-        return load_gray(self.path)
+        return load_gray(self.path, self.row_scale)
 
 
-def load_gray(path: Path) -> np.ndarray:
-    """A grayscale image as float32 in [0, 1] (8- or 16-bit PNG/JPEG/TIFF; colour is converted to luminance)."""
+def load_gray(path: Path, row_scale: float = 1.0) -> np.ndarray:
+    """A grayscale image as float32 in [0, 1] (8- or 16-bit PNG/JPEG/TIFF; colour is converted to luminance), its
+    rows stretched by `row_scale` (bilinear) when that is not 1."""
     with Image.open(path) as im:
+        if row_scale != 1.0:
+            im = im.resize((im.width, int(round(im.height * row_scale))), Image.BILINEAR)
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(im, dtype=np.float32)
             return (arr / 65535.0).clip(0.0, 1.0)

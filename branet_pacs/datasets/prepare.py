@@ -9,6 +9,7 @@ from pathlib import Path
 from branet_pacs.datasets.boxes import read_boxes
 from branet_pacs.datasets.bus_uclm import read_bus_uclm
 from branet_pacs.datasets.busi import read_busi
+from branet_pacs.datasets.cbis_ddsm import DEFAULT_ASPECT, read_cbis_ddsm
 from branet_pacs.datasets.mias import read_mias
 from branet_pacs.datasets.rois import PrepareReport, write_roi_dataset
 
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def prepare(dataset: str, out: Path, *, src: Path | None = None, csv_path: Path | None = None,
             images: Path | None = None, margin: float, include_normal: bool = False, min_radius: int = 0,
-            force: bool = False) -> PrepareReport:
+            aspect: float = DEFAULT_ASPECT, force: bool = False) -> PrepareReport:
     """Run one dataset reader and write the ROI dataset to `out`. Returns the report (also saved as JSON)."""
     root = Path(images if dataset == "boxes" else src).resolve()
     report = PrepareReport(dataset, str(root), margin)
@@ -27,6 +28,8 @@ def prepare(dataset: str, out: Path, *, src: Path | None = None, csv_path: Path 
         cases = read_bus_uclm(root, include_normal)
     elif dataset == "mias":
         cases = read_mias(root, min_radius)
+    elif dataset == "cbis-ddsm":
+        cases = read_cbis_ddsm(root, aspect)
     elif dataset == "boxes":
         cases = read_boxes(Path(csv_path), root)
     else:
@@ -72,6 +75,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="smallest half-side of a lesion box in pixels (tiny calcification radii)")
     common(mias)
 
+    cbis = kinds.add_parser("cbis-ddsm", help="CBIS-DDSM masses: films/*.jpg + lesions.csv, grouped by patient")
+    cbis.add_argument("src", type=Path)
+    cbis.add_argument("out", type=Path)
+    cbis.add_argument("--aspect", type=float, default=DEFAULT_ASPECT,
+                      help="rows/columns of the original films: stretches the squashed 800x800 copies back "
+                           f"(default {DEFAULT_ASPECT}, from the mass boxes' median width/height; 1 = as stored)")
+    common(cbis)
+
     boxes = kinds.add_parser("boxes", help="CSV of image,label,x0,y0,x1,y1[,group] (paths relative to IMAGES)")
     boxes.add_argument("csv", type=Path)
     boxes.add_argument("images", type=Path)
@@ -84,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     report = prepare(args.dataset, args.out, src=getattr(args, "src", None), csv_path=getattr(args, "csv", None),
                      images=getattr(args, "images", None), margin=margin,
                      include_normal=getattr(args, "include_normal", False),
-                     min_radius=getattr(args, "min_radius", 0), force=args.force)
+                     min_radius=getattr(args, "min_radius", 0), aspect=getattr(args, "aspect", DEFAULT_ASPECT),
+                     force=args.force)
     summary = ", ".join(f"{label} {n}" for label, n in sorted(report.rois.items())) or "none"
     print(f"{report.dataset}: {report.images} images -> ROIs: {summary}; skipped {len(report.skipped)}")
     for reason in report.skipped:

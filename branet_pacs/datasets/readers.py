@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from branet_pacs.datasets import bus_uclm, busi, mias
+from branet_pacs.datasets import bus_uclm, busi, cbis_ddsm, mias
 from branet_pacs.datasets.cases import Case
 
 # name -> (reader of a dataset folder, modality, citation)
@@ -13,6 +13,7 @@ READERS: dict[str, tuple[Callable[[Path], Iterator[Case]], str, str]] = {
     "busi": (busi.read_busi, "US", busi.CITATION),
     "bus-uclm": (bus_uclm.read_bus_uclm, "US", bus_uclm.CITATION),
     "mias": (mias.read_mias, "MG", mias.CITATION),
+    "cbis-ddsm": (cbis_ddsm.read_cbis_ddsm, "MG", cbis_ddsm.CITATION),
 }
 
 

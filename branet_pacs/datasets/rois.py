@@ -67,6 +67,7 @@ class _Cut:
     mask: np.ndarray | None = None   # traced mask, source frame
     site: str = ""
     tags: str = ""
+    row_scale: float = 1.0           # see Case.row_scale
 
 
 def format_box(box: Box) -> str:
@@ -112,7 +113,7 @@ def _cuts(cases: Iterable[Case], report: PrepareReport, normal_windows: bool) ->
             continue
         for k, lesion in enumerate(case.lesions, start=1):
             cuts.append(_Cut(case.path, f"{stem}-{k}", lesion.label, case.group, lesion.box,
-                             lesion.mask if lesion.traced else None, **where))
+                             lesion.mask if lesion.traced else None, row_scale=case.row_scale, **where))
     return cuts
 
 
@@ -145,7 +146,7 @@ def write_roi_dataset(cases: Iterable[Case], out: Path, report: PrepareReport, f
     cache: tuple[Path, np.ndarray] | None = None
     for cut in tqdm(cuts, desc="ROIs", unit="roi", leave=False):
         if cache is None or cache[0] != cut.source:
-            cache = (cut.source, load_gray(cut.source))
+            cache = (cut.source, load_gray(cut.source, cut.row_scale))
         roi_file = f"{cut.label}/{cut.name}.png"
         _save_png(roi_to_uint8(extract_roi(cache[1], cut.box, report.margin)), out / roi_file)
         if cut.mask is not None:

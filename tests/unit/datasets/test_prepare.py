@@ -147,3 +147,39 @@ def test_boxes_csv_through_the_cli(tmp_path: Path) -> None:
         ("benign/sub_a-2.png", "benign", "30 10 50 40", "sub_a"),
         ("malignant/sub_a-1.png", "malignant", "5 5 25 30", "sub_a")]
     assert _read(out / rows[0]["roi_file"]).shape == (128, 128)
+
+
+# ------------------------------------------------------------------------------------------------- CBIS-DDSM
+def test_cbis_ddsm_restores_the_aspect_and_groups_by_patient(tmp_path: Path) -> None:
+    """A round mass on a 2:1 film stored squashed to a square: with aspect 2 the ROI shows it round again."""
+    src = tmp_path / "cbis"
+    squashed = np.full((100, 100), 20, np.uint8)
+    rows, cols = np.ogrid[:100, :100]
+    squashed[((rows - 50) / 10.0) ** 2 + ((cols - 50) / 20.0) ** 2 <= 1] = 240   # round mass, squashed by 2 in y
+    (src / "films").mkdir(parents=True)
+    for name in ("00001_LEFT_CC", "00001_LEFT_MLO", "00002_RIGHT_CC"):
+        Image.fromarray(squashed).save(src / "films" / f"{name}.jpg", quality=95)
+    header = "film,patient_id,side,view,label,pathology,x0,y0,x1,y1,assessment,mass_shape,mass_margins," \
+             "breast_density,subtlety\n"
+    (src / "lesions.csv").write_text(
+        header
+        + "films/00001_LEFT_CC.jpg,P_00001,LEFT,CC,malignant,MALIGNANT,30,40,70,60,4,IRREGULAR,SPICULATED,3,4\n"
+        + "films/00001_LEFT_MLO.jpg,P_00001,LEFT,MLO,malignant,MALIGNANT,30,40,70,60,4,IRREGULAR,SPICULATED,3,4\n"
+        + "films/00002_RIGHT_CC.jpg,P_00002,RIGHT,CC,benign,BENIGN_WITHOUT_CALLBACK,30,40,70,60,3,OVAL,"
+          "CIRCUMSCRIBED,2,3\n")
+    out = tmp_path / "out"
+    report = prepare("cbis-ddsm", out, src=src, margin=0.0, aspect=2.0)
+    manifest = {r["roi_file"]: r for r in _manifest(out)}
+    assert report.rois == {"benign": 1, "malignant": 2} and report.images == 3
+    cc = manifest["malignant/00001_LEFT_CC-1.png"]
+    assert cc["box"] == "30 80 70 120", "box rows scaled by the aspect"
+    assert {manifest[f]["group"] for f in manifest if f.startswith("malignant/")} == {"P_00001"}
+    assert cc["site"] == "cbis-ddsm" and "view=CC" in cc["tags"] and "row_scale=2" in cc["tags"]
+    # the restored mass is round: as bright along the ROI's vertical axis as along its horizontal one
+    roi = _read(out / "malignant" / "00001_LEFT_CC-1.png").astype(float)
+    assert abs(roi[10:118, 64].mean() - roi[64, 10:118].mean()) < 25
+    squashed_out = tmp_path / "squashed"
+    prepare("cbis-ddsm", squashed_out, src=src, margin=0.0, aspect=1.0)
+    assert {r["roi_file"]: r for r in _manifest(squashed_out)}["malignant/00001_LEFT_CC-1.png"]["box"] == \
+        "30 40 70 60"
+    assert load_gray(src / "films" / "00001_LEFT_CC.jpg", 2.0).shape == (200, 100)
