@@ -20,6 +20,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from branet_pacs.datasets.rois import load_roi_set
 from branet_pacs.models.classifier import build_resnet18
+from branet_pacs.models.feature_head import combine
 from branet_pacs.models.runtime import configure_torch
 from branet_pacs.train.classifier import predict
 
@@ -55,16 +56,17 @@ def main(argv: list[str]) -> None:
         with open(run / f"predictions-{site}.csv") as handle:
             shipped = {Path(r["file"]).name: r for r in csv.DictReader(handle)}
         rows = [shipped[Path(f).name] for f in data.files]
-        head_logit = np.array([2 * logit(np.array(float(r["p_malignant"]))) - logit(np.array(float(r["p_cnn"])))
-                               for r in rows])
+        # the head's own p(malignant): p_malignant = combine(p_cnn, p_head), i.e. the mean of the two logits
+        p_head = sigmoid(np.array([2 * logit(np.array(float(r["p_malignant"]))) - logit(np.array(float(r["p_cnn"])))
+                                   for r in rows]))
         final = score(run / "weights.safetensors", pixels)
         fold_dirs = sorted(w.parent for w in run.glob("checkpoints/fold*/best.safetensors"))
         folds = [score(d / "best.safetensors", pixels) for d in fold_dirs]
-        ensemble = sigmoid(np.mean([logit(p) for p in folds], axis=0))
+        ensemble = np.mean(folds, axis=0)          # as the shipped ensemble does: softmax probabilities averaged
         # the k folds with the best validation AUC on their own (training-site) fold: no left-out-site information
         val_auc = [json.loads((d / "done.json").read_text())["best_val_auc"] for d in fold_dirs]
         top = np.argsort(val_auc)[::-1][:args.top]
-        top_ensemble = sigmoid(np.mean([logit(folds[i]) for i in top], axis=0))
+        top_ensemble = np.mean([folds[i] for i in top], axis=0)
         print(f"{run.name} -> {site} (n={len(y)}, malignant {int(y.sum())})")
         print(f"  final model (ROI margin only)     AUC {roc_auc_score(y, final):.4f}"
               f"   [train's multi-margin p_cnn: {roc_auc_score(y, [float(r['p_cnn']) for r in rows]):.4f}]")
@@ -74,7 +76,7 @@ def main(argv: list[str]) -> None:
         print(f"  top {args.top} folds by validation AUC {sorted(int(i) + 1 for i in top)}  AUC "
               f"{roc_auc_score(y, top_ensemble):.4f}")
         for name, cnn in (("final", final), ("fold ensemble", ensemble), (f"top-{args.top}", top_ensemble)):
-            both = sigmoid((logit(cnn) + head_logit) / 2)
+            both = combine(cnn, p_head)
             print(f"  {name:13} + feature head       AUC {roc_auc_score(y, both):.4f}"
                   f"  balanced accuracy at 0.5 {balanced_accuracy_score(y, both >= 0.5):.4f}")
 

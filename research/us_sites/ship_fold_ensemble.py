@@ -2,26 +2,22 @@
 (fp16, one safetensors file with member prefixes) plus the run's feature head, into a models folder.
 
 Why: at a site never trained on, the folds' ensemble held better than the one retrained model (leave-one-site-out,
-`fold_ensemble.py`: BUSI -> BUS-UCLM ROI AUC 0.842 vs 0.793 with the feature head; BUS-UCLM -> BUSI 0.828 vs 0.800).
+`fold_ensemble.py`: BUSI -> BUS-UCLM ROI AUC 0.842 vs 0.793 with the feature head; BUS-UCLM -> BUSI 0.806 vs 0.800).
 Folds are picked by their own validation AUC (`--top K`), never by anything measured at a left-out site. The
 threshold is the run's pooled out-of-fold one (each member is one fold's model, so the ensemble has no out-of-fold
 predictions of its own; its probabilities are averages of models calibrated alike).
 
     python research/us_sites/ship_fold_ensemble.py var/train/models/us-resnet18 --top 4 --models models \
-        --loso var/logs/fold-ensemble-top4.log
+        --loso var/logs/fold-ensemble-top4-pmean.log
 """
 import argparse
-import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
 from branet_pacs.models.classifier import load_classifier_networks, save_classifier
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from branet_pacs.models.manifest import file_sha256
 
 
 def main(argv: list[str]) -> None:
@@ -50,11 +46,11 @@ def main(argv: list[str]) -> None:
 
     entry = json.loads(json.dumps(entry))
     entry["file"] = f"{args.run.name}/weights.safetensors"
-    entry["sha256"] = sha256(weights)
+    entry["sha256"] = file_sha256(weights)
     entry["extra"]["members"] = len(members)
     entry["extra"]["ensemble_of_folds"] = {name: round(val_auc[name], 4) for name in chosen}
     entry["extra"]["feature_head"]["file"] = f"{args.run.name}/feature_head.safetensors"
-    entry["extra"]["feature_head"]["sha256"] = sha256(head)
+    entry["extra"]["feature_head"]["sha256"] = file_sha256(head)
     manifest_path = args.models / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["models"] = [entry if m["name"] == entry["name"] else m for m in manifest["models"]]
