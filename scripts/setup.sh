@@ -11,6 +11,7 @@ APT_PACKAGES=(
   pixelmed-apps libpixelmed-java             # DicomSRValidator (TID 1500 checks)
   default-jdk-headless                       # java for pixelmed; javac lets the SR validator batch files
   chromium fonts-dejavu-core                 # headless browser tests (Orthanc Explorer panel, OHIF)
+  iproute2 util-linux                        # ip + unshare: the Ray tests run in a private network namespace
   python3-venv python3-dev
 )
 # npm fetches the pinned OHIF build; a machine with Node.js from elsewhere already has it (Debian's npm would
@@ -41,7 +42,7 @@ stamp=".venv/.branet-installed"
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/branet ]; then
   echo "setup: installing Python dependencies into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,ray]'
   echo "$want" > "$stamp"
 fi
 # The OHIF viewer the node serves under /ohif/: the prebuilt dist of a pinned @ohif/app, checked against npm's

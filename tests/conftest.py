@@ -34,3 +34,6 @@ def torch_threads(request):
     torch.set_num_threads(getattr(request.module, "TORCH_THREADS", 1))
     yield
     torch.set_num_threads(before)
+
+# tests/netns/ needs a private network namespace: tests/integration/test_reanalyze_ray.py runs it in one
+collect_ignore = [] if os.environ.get("BRANET_NETNS") == "1" else ["netns"]

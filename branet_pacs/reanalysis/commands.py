@@ -1,5 +1,5 @@
 """`branet reanalyze --source SRC [--dest DEST] [--query KEY=VALUE ...] [--since YYYYMMDD] [--until YYYYMMDD]
-[--workers N] [--state FILE] [--force]`: re-run the current models over an archive's breast studies.
+[--workers N] [--engine local|ray [--ray-address ADDR]] [--state FILE] [--force]`: re-run the current models over an archive's breast studies.
 
 SRC / DEST: dimse://AET@host:port, dicomweb+http(s)://host/path or folder:DIR (DEST defaults to `same`).
 Exit status: 0 every listed study analysed or skipped, 1 some studies ended in error or failed, 2 a source or
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pydicom.datadict import tag_for_keyword
@@ -24,6 +25,7 @@ from branet_pacs.reanalysis.archive import (
     date_range,
     validate_url,
 )
+from branet_pacs.reanalysis.ray_engine import EngineUnavailable
 from branet_pacs.reanalysis.run import ReanalyzeOptions, Summary, reanalyze, with_models_dir
 from branet_pacs.reanalysis.state import StateBusy
 
@@ -87,16 +89,22 @@ def run(args: argparse.Namespace) -> int:
             retrieve=args.retrieve, username=args.user or "", timeout=args.timeout)
         options = ReanalyzeOptions(source=args.source, dest=args.dest, query=build_query(args), workers=args.workers,
                                    state=args.state, log=args.log, force=args.force, connection=connection,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, engine=args.engine,
+                                   ray_address=args.ray_address or os.environ.get("RAY_ADDRESS") or None,
+                                   cpus_per_worker=args.cpus_per_worker)
         if args.workers < 1:
             raise ValueError("--workers must be at least 1")
+        if args.cpus_per_worker < 1:
+            raise ValueError("--cpus-per-worker must be at least 1")
+        if args.engine != "ray" and (args.ray_address or args.cpus_per_worker != 1):
+            raise ValueError("--ray-address and --cpus-per-worker go with --engine ray")
     except ValueError as exc:
         print(f"branet reanalyze: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     config = with_models_dir(load_config(args.config), args.models_dir)
     try:
         summary = reanalyze(options, config)
-    except (ArchiveUnreachable, StateBusy) as exc:
+    except (ArchiveUnreachable, StateBusy, EngineUnavailable) as exc:
         print(f"branet reanalyze: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     print_summary(summary, str(options.state_path()), str(options.log_path()))
@@ -124,7 +132,15 @@ def register(subparsers) -> None:
     parser.add_argument("--modality", action="append", choices=["MG", "US"],
                         help="only studies holding this modality (repeatable; default: any breast study)")
     parser.add_argument("--accession", metavar="NUMBER", help="only the study with this accession number")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="analysis processes (default 1)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="analysis processes, or Ray actors with --engine ray (default 1)")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local: worker processes on this machine (default); ray: actors on a Ray cluster")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="the Ray cluster (HOST:PORT of its head, or ray://HOST:PORT; default $RAY_ADDRESS, "
+                             "else a new Ray instance on this machine)")
+    parser.add_argument("--cpus-per-worker", type=int, default=1, metavar="N",
+                        help="ray: CPUs each actor reserves and uses as intra-op threads (default 1)")
     parser.add_argument("--state", metavar="FILE",
                         help="SQLite state file (default var/reanalyze/<source>.sqlite); the same file resumes")
     parser.add_argument("--log", metavar="FILE", help="JSONL log (default: the state file with .jsonl)")

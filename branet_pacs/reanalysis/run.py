@@ -47,7 +47,8 @@ from branet_pacs.reanalysis.archive import (
 )
 from branet_pacs.reanalysis.archives import open_archive
 from branet_pacs.reanalysis.state import StateStore, StudyRow
-from branet_pacs.reanalysis.workers import StudyJob, StudyReport, WorkerPool
+from branet_pacs.reanalysis.ray_engine import EngineUnavailable, check_reachable
+from branet_pacs.reanalysis.workers import StudyJob, StudyReport, open_pool
 from branet_pacs.types import StudyState, software_version
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class ReanalyzeOptions:
     force: bool = False
     connection: ConnectionOptions = field(default_factory=ConnectionOptions)
     progress: bool = True
+    engine: str = "local"                # "local": worker processes here; "ray": actors on a Ray cluster
+    ray_address: str | None = None       # None: a new Ray instance on this machine
+    cpus_per_worker: int = 1             # ray: CPUs (and intra-op threads) each actor asks for
 
     def state_path(self) -> Path:
         if self.state is not None:
@@ -210,7 +214,7 @@ class Reanalysis:
         self.image_modalities = {m.upper() for m in (*self.rules.breast_modalities, *self.rules.body_part_modalities)}
         self._markers = current_markers(config.models_dir)
         self.key = model_key(self._markers)
-        self.pool: WorkerPool | None = None
+        self.pool = None                            # WorkerPool or RayPool, started with the first study
         self.in_flight: set[str] = set()            # studies handed to the workers, not stored yet
         self.bar: tqdm | None = None
 
@@ -220,6 +224,8 @@ class Reanalysis:
             self.source.check()
             if self.dest is not self.source:
                 self.dest.check()
+            if self.options.engine == "ray":
+                check_reachable(self.options.ray_address or "")
             return self._run()
         finally:
             self.source.close()
@@ -238,14 +244,15 @@ class Reanalysis:
             run = state.begin_run(self.source.url, self.dest.url, self.key, self._arguments())
             journal.write("run", run=run, source=self.source.url, dest=self.dest.url, model_key=self.key,
                           query=options.query.keys, modalities=list(options.query.modalities),
-                          workers=options.workers, force=options.force, state=str(state_path))
+                          workers=options.workers, engine=options.engine, force=options.force,
+                          state=str(state_path))
             try:
                 to_do = self._list(run)
                 self._work(run, to_do, stop)
             except KeyboardInterrupt:
                 self.summary.interrupted = True
                 self._abandon("interrupted")
-            except ArchiveUnreachable as exc:
+            except (ArchiveUnreachable, EngineUnavailable) as exc:
                 self.summary.aborted = str(exc)
                 self._abandon(str(exc))
             finally:
@@ -264,6 +271,7 @@ class Reanalysis:
     def _arguments(self) -> dict:
         o = self.options
         return {"query": o.query.keys, "modalities": list(o.query.modalities), "workers": o.workers,
+                "engine": o.engine, "ray_address": o.ray_address,
                 "force": o.force, "retrieve": o.connection.retrieve, "calling_aet": o.connection.calling_aet}
 
     def _list(self, run: int) -> int:
@@ -367,8 +375,14 @@ class Reanalysis:
             shutil.rmtree(folder, ignore_errors=True)
             return
         if self.pool is None:
-            self.pool = WorkerPool(self.options.workers, self.config)
-            self.journal.write("workers", pids=self.pool.pids)
+            o = self.options
+            try:
+                self.pool = open_pool(o.engine, o.workers, self.config, o.ray_address, o.cpus_per_worker)
+            except EngineUnavailable:
+                self.state.mark(self.source.url, uid, StudyState.QUEUED, "not started: no analysis engine")
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            self.journal.write("workers", **self.pool.describe())
         self.in_flight.add(uid)
         self.pool.submit(StudyJob(uid, tuple(files), folder / "out"))
 
@@ -413,8 +427,12 @@ class Reanalysis:
         entry = {"study_uid": uid, "status": state.value, "reason": category or state.value, "detail": detail[:2000]}
         if report is not None:
             entry.update(instances=report.instances, findings=report.findings, outputs=outputs,
-                         seconds=round(report.seconds, 3), worker=report.worker,
+                         seconds=round(report.seconds, 3), worker=report.worker, attempts=report.attempts,
                          errors=[{"sop_instance_uid": s, "reason": r} for s, r in report.errors])
+            if report.node:
+                entry.update(node=report.node)
+            if report.retried:
+                entry.update(retried=list(report.retried))
         self.journal.write("study", **entry)
         if self.bar is not None:
             self.bar.update(1)

@@ -45,6 +45,9 @@ class StudyReport:
     seconds: float = 0.0
     worker: int = 0
     errors: tuple[tuple[str, str], ...] = field(default=())   # (SOP Instance UID, reason) of failed instances
+    node: str = ""                                # Ray node ID (ray engine)
+    attempts: int = 1                             # analyses started: more than 1 when a worker died on it
+    retried: tuple[str, ...] = ()                 # why the earlier attempts ended
 
 
 def run_job(job: StudyJob, analyzer) -> StudyReport:
@@ -96,6 +99,18 @@ def _worker_main(config: Config, tasks, results, parent: int) -> None:
         results.put(("done", os.getpid(), report))
 
 
+def open_pool(engine: str, workers: int, config: Config, ray_address: str | None = None,
+              cpus_per_worker: int = 1):
+    """The analysis workers of one run: local processes (`WorkerPool`) or Ray actors (`ray_engine.RayPool`);
+    both offer submit / next_report / describe / close / kill."""
+    if engine == "local":
+        return WorkerPool(workers, config)
+    if engine == "ray":
+        from branet_pacs.reanalysis.ray_engine import RayPool
+        return RayPool(workers, config, ray_address, cpus_per_worker)
+    raise ValueError(f"unknown engine {engine!r} (local or ray)")
+
+
 class WorkerPool:
     """N spawned worker processes fed through a queue; the driver bounds how many studies are in flight."""
 
@@ -116,6 +131,9 @@ class WorkerPool:
     @property
     def pids(self) -> list[int]:
         return list(self._processes)
+
+    def describe(self) -> dict:
+        return {"engine": "local", "pids": self.pids}
 
     def _spawn(self) -> None:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)   # inherited across exec: workers ignore Ctrl-C

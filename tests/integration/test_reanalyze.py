@@ -8,7 +8,6 @@ One Orthanc serves the whole module; each test works on its own studies, selecte
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -20,16 +19,15 @@ from pathlib import Path
 import pydicom
 import pytest
 
-import branet_pacs
 from branet_pacs.cli import main
 from branet_pacs.config import DEFAULT_MODELS_DIR
 from branet_pacs.models.errors import ModelUnavailable
-from branet_pacs.outputs import output_kind
 from branet_pacs.reanalysis.run import version_marker
 from branet_pacs.reanalysis.state import StateStore
 
 import dicom_factory as factory
 import pacs_harness as harness
+from pacs_harness import assert_one_result_per_image, branet_outputs
 from paths import REPO
 
 pytestmark = [pytest.mark.integration,
@@ -97,43 +95,6 @@ def last_run(state: Path) -> tuple[dict, list[dict]]:
     run = events[start:]
     summary = [e for e in run if e["event"] == "summary"][-1]
     return summary, [e for e in run if e["event"] == "study"]
-
-
-def branet_outputs(archive, study_uid: str) -> dict[str, list[pydicom.Dataset]]:
-    """BraNet-PACS objects stored in a study, by kind (SR / SEG / CAD), read back from the archive."""
-    out: dict[str, list[pydicom.Dataset]] = {"SR": [], "SEG": [], "CAD": []}
-    for item in archive.get(f"/studies/{archive.study_id(study_uid)}/instances"):
-        response = archive.session.get(f"{archive.http_url}/instances/{item['ID']}/file", timeout=30)
-        response.raise_for_status()
-        ds = pydicom.dcmread(io.BytesIO(response.content))
-        if ds.get("Manufacturer") == branet_pacs.MANUFACTURER:
-            out[output_kind(ds)].append(ds)
-    return out
-
-
-def evidence_uids(ds: pydicom.Dataset) -> set[str]:
-    return {str(ref.ReferencedSOPInstanceUID) for series in ds.CurrentRequestedProcedureEvidenceSequence
-            for ref in series.ReferencedSeriesSequence for ref in ref.ReferencedSOPSequence}
-
-
-def assert_one_result_per_image(archive, datasets: list[pydicom.Dataset], marker: str) -> None:
-    """Every source image has exactly one BraNet SR of the current model version (and its SEG when it found
-    lesions); the SR names the SEG as evidence."""
-    study_uid = str(datasets[0].StudyInstanceUID)
-    outputs = branet_outputs(archive, study_uid)
-    sources = {str(ds.SOPInstanceUID) for ds in datasets}
-    srs = outputs["SR"]
-    assert len(srs) == len(sources), f"expected one SR per image, got {len(srs)} for {len(sources)}"
-    seg_uids = {str(seg.SOPInstanceUID) for seg in outputs["SEG"]}
-    for sr in srs:
-        assert marker in sr.SoftwareVersions
-        assert str(sr.SeriesDescription).startswith("BraNet RESEARCH USE ONLY")
-        referenced = evidence_uids(sr)
-        assert len(referenced & sources) == 1
-        assert referenced - sources <= seg_uids          # any other evidence is a SEG we stored
-    assert len(outputs["SEG"]) == sum(bool(evidence_uids(sr) & seg_uids) for sr in srs)
-    sources_of_srs = [next(iter(evidence_uids(sr) & sources)) for sr in srs]
-    assert sorted(sources_of_srs) == sorted(sources)
 
 
 # ------------------------------------------------------------------------------------------------------------ DIMSE

@@ -10,6 +10,7 @@ The process is stopped by its PID (`Archive.stop()`).
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import socket
@@ -21,6 +22,9 @@ from pathlib import Path
 
 import pydicom
 import requests
+
+import branet_pacs
+from branet_pacs.outputs import output_kind
 
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -154,3 +158,42 @@ def start_archive(workdir: str | Path, timeout: float = 60.0) -> Archive:
             archive.stop()
             raise RuntimeError(f"Orthanc did not answer within {timeout:.0f} s; see {workdir}/orthanc.log")
         time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------- what a re-analysis left behind
+
+def branet_outputs(archive, study_uid: str) -> dict[str, list[pydicom.Dataset]]:
+    """BraNet-PACS objects stored in a study, by kind (SR / SEG / CAD), read back from the archive."""
+    out: dict[str, list[pydicom.Dataset]] = {"SR": [], "SEG": [], "CAD": []}
+    for item in archive.get(f"/studies/{archive.study_id(study_uid)}/instances"):
+        response = archive.session.get(f"{archive.http_url}/instances/{item['ID']}/file", timeout=30)
+        response.raise_for_status()
+        ds = pydicom.dcmread(io.BytesIO(response.content))
+        if ds.get("Manufacturer") == branet_pacs.MANUFACTURER:
+            out[output_kind(ds)].append(ds)
+    return out
+
+
+def evidence_uids(ds: pydicom.Dataset) -> set[str]:
+    return {str(ref.ReferencedSOPInstanceUID) for series in ds.CurrentRequestedProcedureEvidenceSequence
+            for ref in series.ReferencedSeriesSequence for ref in ref.ReferencedSOPSequence}
+
+
+def assert_one_result_per_image(archive, datasets: list[pydicom.Dataset], marker: str) -> None:
+    """Every source image has exactly one BraNet SR of the current model version (and its SEG when it found
+    lesions); the SR names the SEG as evidence."""
+    study_uid = str(datasets[0].StudyInstanceUID)
+    outputs = branet_outputs(archive, study_uid)
+    sources = {str(ds.SOPInstanceUID) for ds in datasets}
+    srs = outputs["SR"]
+    assert len(srs) == len(sources), f"expected one SR per image, got {len(srs)} for {len(sources)}"
+    seg_uids = {str(seg.SOPInstanceUID) for seg in outputs["SEG"]}
+    for sr in srs:
+        assert marker in sr.SoftwareVersions
+        assert str(sr.SeriesDescription).startswith("BraNet RESEARCH USE ONLY")
+        referenced = evidence_uids(sr)
+        assert len(referenced & sources) == 1
+        assert referenced - sources <= seg_uids          # any other evidence is a SEG we stored
+    assert len(outputs["SEG"]) == sum(bool(evidence_uids(sr) & seg_uids) for sr in srs)
+    sources_of_srs = [next(iter(evidence_uids(sr) & sources)) for sr in srs]
+    assert sorted(sources_of_srs) == sorted(sources)
