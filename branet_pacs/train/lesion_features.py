@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from branet_pacs.datasets.cases import load_gray
-from branet_pacs.datasets.rois import list_roi_files, parse_box, read_manifest, read_prepare_info
+from branet_pacs.datasets.rois import list_roi_files, parse_box, parse_tags, read_manifest, read_prepare_info
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ def folder_features(root: str | Path, device: str = "cpu") -> np.ndarray:
     features = np.zeros((len(files), 512), dtype=np.float32)
     for source, indices in tqdm(sorted(by_source.items()), desc=f"LiteMedSAM features {root.name}", unit="image",
                                 mininterval=10):
-        image = load_gray(source_root / source)
+        # boxes are in the restored geometry of squashed copies (CBIS-DDSM): load the image the same way
+        row_scale = float(parse_tags(manifest[files[indices[0]]].get("tags", "")).get("row_scale", 1.0))
+        image = load_gray(source_root / source, row_scale)
         embedding = segmenter.embed(image)
         boxes = [parse_box(manifest[files[i]]["box"]) for i in indices]
         for index, box, mask in zip(indices, boxes, segmenter.decode(embedding, boxes)):

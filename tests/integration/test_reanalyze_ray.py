@@ -51,3 +51,11 @@ def test_ray_options_need_the_ray_engine(tmp_path, capsys):
     code = main(["reanalyze", "--source", f"folder:{tmp_path}", "--ray-address", "127.0.0.1:6379"])
     assert code == 2
     assert "--ray-address and --cpus-per-worker go with --engine ray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address", ["head-without-port", "ray://:10001"])
+def test_a_malformed_ray_address_is_named(tmp_path, capsys, address):
+    code = main(["reanalyze", "--source", f"folder:{tmp_path}", "--state", str(tmp_path / "s.sqlite"),
+                 "--no-progress", "--engine", "ray", "--ray-address", address])
+    assert code == 2
+    assert f"--ray-address wants HOST:PORT (or ray://HOST:PORT), got {address!r}" in capsys.readouterr().err
