@@ -5,6 +5,9 @@ Every input gets at least one row, whatever it is: a file that is not DICOM or a
 reason, a dangling link, an unreadable file or a failure inside the analysis is an `error` naming the file and the
 cause, and the run goes on with the next input. A second input with the same SOP Instance UID as an earlier one is
 `skipped` as a duplicate (its outputs would have the same names and UIDs).
+
+breasts.csv gives the breast-level result: per study, modality and laterality (e.g. a breast's CC and MLO views),
+the highest p(malignant) over its findings and that finding's label (`types.breast_results`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from branet_pacs.config import Config, load_config
 from branet_pacs.dicom.ingest import ingest
 from branet_pacs.outputs import write_image_outputs
 from branet_pacs.pipeline import Analyzer
-from branet_pacs.types import Box, InstanceResult, ResultRow, Status
+from branet_pacs.types import Box, BreastResult, InstanceResult, ResultRow, Status, breast_results
 
 log = logging.getLogger(__name__)
 
 RESULTS_CSV = "results.csv"
+BREASTS_CSV = "breasts.csv"
 
 
 def iter_input_files(paths: Iterable[str | Path]) -> Iterator[Path]:
@@ -60,7 +64,8 @@ def result_rows(result: InstanceResult, out_dir: Path | None) -> list[ResultRow]
     for image in result.images:
         files = {out.kind: out.relative for out in write_image_outputs(image, out_dir)} if out_dir is not None else {}
         frame = f"frame {image.image.frame_number}: " if image.image.frame_number else ""
-        row = dataclasses.replace(base, modality=image.image.modality, seg_file=files.get("SEG", ""),
+        row = dataclasses.replace(base, modality=image.image.modality, laterality=image.image.laterality or "",
+                                  seg_file=files.get("SEG", ""),
                                   sr_file=files.get("SR", ""), cad_file=files.get("CAD", ""))
         if not image.findings:
             rows.append(dataclasses.replace(row, reason=f"{frame}analysed, no lesion found"))
@@ -76,12 +81,14 @@ def result_rows(result: InstanceResult, out_dir: Path | None) -> list[ResultRow]
 
 def analyze_paths(paths: Iterable[str | Path], out_dir: Path, config: Config,
                   boxes: list[Box] | None = None, progress: bool = True) -> list[ResultRow]:
-    """Analyse every input, write outputs and results.csv (flushed row by row, so a crash keeps what was done)."""
+    """Analyse every input, write outputs and results.csv (flushed row by row, so a crash keeps what was done), then
+    breasts.csv: one row per study, modality and breast, p(malignant) the highest over its views."""
     out_dir.mkdir(parents=True, exist_ok=True)
     analyzer = Analyzer(config)
     analyzer.segmenter()   # a missing or broken segmenter checkpoint is one error now, not one per file
     files = list(iter_input_files(paths))
     rows: list[ResultRow] = []
+    views: list = []                 # analysed images, for breasts.csv
     first_of: dict[str, str] = {}    # SOP Instance UID -> the input that had it first
     csv_path = out_dir / RESULTS_CSV
     with open(csv_path, "w", newline="") as handle:
@@ -89,7 +96,8 @@ def analyze_paths(paths: Iterable[str | Path], out_dir: Path, config: Config,
         writer.writeheader()
         for path in tqdm(files, desc="analyze", unit="file", disable=not progress):
             try:
-                found = _analyze_one(analyzer, path, boxes, out_dir, first_of)
+                found, result = _analyze_one(analyzer, path, boxes, out_dir, first_of)
+                views += result.breast_views() if result is not None else []
             except Exception as exc:  # noqa: BLE001 - whatever fails, this input gets its row and the run goes on
                 log.debug("analysis of %s failed", path, exc_info=True)
                 found = [ResultRow(source=str(path), status=Status.ERROR,
@@ -99,24 +107,29 @@ def analyze_paths(paths: Iterable[str | Path], out_dir: Path, config: Config,
                 rows.append(row)
                 writer.writerow(row.as_csv_row())
             handle.flush()
+    with open(out_dir / BREASTS_CSV, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=BreastResult.CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(breast.as_csv_row() for breast in breast_results(views))
     return rows
 
 
 def _analyze_one(analyzer: Analyzer, path: Path, boxes: list[Box] | None, out_dir: Path,
-                 first_of: dict[str, str]) -> list[ResultRow]:
+                 first_of: dict[str, str]) -> tuple[list[ResultRow], InstanceResult | None]:
     if path.is_symlink() and path.is_dir():
         return [ResultRow(source=str(path), status=Status.SKIPPED,
-                          reason=f"{path}: symbolic link to a folder, not followed (name the folder itself)")]
+                          reason=f"{path}: symbolic link to a folder, not followed (name the folder itself)")], None
     outcome = ingest(path, analyzer.config.ingest)
     result = InstanceResult(outcome)
     sop = result.sop_instance_uid
     if outcome.status is Status.OK and sop in first_of:
         return [ResultRow(source=str(path), sop_instance_uid=sop, study_instance_uid=result.study_instance_uid,
                           modality=result.modality, status=Status.SKIPPED,
-                          reason=f"duplicate: SOP Instance UID {sop} was analysed already from {first_of[sop]}")]
+                          reason=f"duplicate: SOP Instance UID {sop} was analysed already from {first_of[sop]}")], None
     if outcome.status is Status.OK:
         first_of[sop] = str(path)
-    return result_rows(analyzer.analyze_ingested(outcome, boxes), out_dir)
+    result = analyzer.analyze_ingested(outcome, boxes)
+    return result_rows(result, out_dir), result
 
 
 def parse_box(text: str) -> Box:
@@ -155,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     rows = analyze_paths(args.paths, out_dir, config, boxes=args.box or None, progress=not args.no_progress)
     if not args.quiet:
         print_summary(rows)
-    print(f"results: {out_dir / RESULTS_CSV}")
+    print(f"results: {out_dir / RESULTS_CSV}  breasts: {out_dir / BREASTS_CSV}")
     return 1 if any(row.status is Status.ERROR for row in rows) else 0
 
 

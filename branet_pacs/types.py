@@ -11,7 +11,7 @@ Two words say how things went:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -221,6 +221,11 @@ class InstanceResult:
     def outputs(self) -> tuple[pydicom.Dataset, ...]:
         return tuple(ds for image in self.images for ds in image.outputs)
 
+    def breast_views(self) -> list[tuple[str, str, str | None, list[tuple[str, float]]]]:
+        """The analysed images as `breast_results` wants them."""
+        return [(self.study_instance_uid, image.image.modality, image.image.laterality,
+                 [(f.label, f.p_malignant) for f in image.findings]) for image in self.images]
+
     def summary(self) -> InstanceSummary:
         return InstanceSummary(
             sop_instance_uid=self.sop_instance_uid, status=self.status, reason=self.reason,
@@ -282,6 +287,48 @@ def study_verdict(instances: Sequence[InstanceSummary]) -> StudyVerdict:
 
 
 @dataclass(frozen=True)
+class BreastResult:
+    """One breast of a study: its analysed images of one modality (e.g. the CC and MLO views) taken together.
+
+    p(malignant) is the highest over the breast's findings (a mass seen on two views is one mass; the more
+    suspicious view decides), and `label` is that finding's label (the same classifier and threshold decided every
+    view of one modality, so it is malignant exactly when any view's finding is)."""
+
+    study_instance_uid: str
+    modality: str
+    laterality: str                  # "L", "R", or "" when the images do not say
+    images: int                      # analysed images (frames) of this breast
+    findings: int
+    p_malignant: float | None        # None: no finding on any view
+    label: str = ""
+
+    CSV_COLUMNS = ("study_instance_uid", "modality", "laterality", "images", "findings", "p_malignant", "label")
+
+    def as_csv_row(self) -> dict[str, str]:
+        return {"study_instance_uid": self.study_instance_uid, "modality": self.modality,
+                "laterality": self.laterality, "images": str(self.images), "findings": str(self.findings),
+                "p_malignant": "" if self.p_malignant is None else f"{self.p_malignant:.4f}", "label": self.label}
+
+    def as_json(self) -> dict[str, object]:
+        return {key: getattr(self, key) for key in self.CSV_COLUMNS}
+
+
+def breast_results(images: Iterable[tuple[str, str, str | None, Sequence[tuple[str, float]]]]) -> list[BreastResult]:
+    """Per (study, modality, laterality) from the analysed images: (study UID, modality, laterality, findings as
+    (label, p_malignant)). Sorted by study, modality, laterality."""
+    grouped: dict[tuple[str, str, str], list[Sequence[tuple[str, float]]]] = {}
+    for study, modality, laterality, findings in images:
+        grouped.setdefault((study, modality, laterality or ""), []).append(findings)
+    results = []
+    for (study, modality, laterality), views in sorted(grouped.items()):
+        found = [f for view in views for f in view]
+        top = max(found, key=lambda f: f[1]) if found else None
+        results.append(BreastResult(study, modality, laterality, len(views), len(found),
+                                    None if top is None else float(top[1]), "" if top is None else top[0]))
+    return results
+
+
+@dataclass(frozen=True)
 class ResultRow:
     """One row of results.csv (one per input instance and finding)."""
 
@@ -289,6 +336,7 @@ class ResultRow:
     sop_instance_uid: str = ""
     study_instance_uid: str = ""
     modality: str = ""
+    laterality: str = ""             # of the analysed image: "L", "R", "" unknown (breasts.csv groups by it)
     status: Status = Status.OK
     reason: str = ""
     finding: int | None = None
@@ -300,7 +348,7 @@ class ResultRow:
     cad_file: str = ""
 
     CSV_COLUMNS = ("source", "sop_instance_uid", "study_instance_uid", "modality", "status", "reason", "finding",
-                   "label", "p_malignant", "x0", "y0", "x1", "y1", "seg_file", "sr_file", "cad_file")
+                   "label", "p_malignant", "x0", "y0", "x1", "y1", "seg_file", "sr_file", "cad_file", "laterality")
 
     def as_csv_row(self) -> dict[str, str]:
         x0, y0, x1, y1 = self.box if self.box else ("", "", "", "")
@@ -312,4 +360,5 @@ class ResultRow:
             "p_malignant": "" if self.p_malignant is None else f"{self.p_malignant:.4f}",
             "x0": str(x0), "y0": str(y0), "x1": str(x1), "y1": str(y1),
             "seg_file": self.seg_file, "sr_file": self.sr_file, "cad_file": self.cad_file,
+            "laterality": self.laterality,
         }

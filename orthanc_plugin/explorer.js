@@ -42,6 +42,20 @@ function BraNetRender(panel, data) {
                          .text(study.reason));
   }
 
+  var breasts = $('<p>').addClass('branet-breasts').css('margin', '4px 0');
+  $.each(data.breasts || [], function(i, breast) {
+    var side = breast.laterality ? breast.laterality : 'side unknown';
+    var call = breast.p_malignant === null ? 'no finding'
+                                           : breast.label + ' ' + BraNetPercent(breast.p_malignant);
+    breasts.append($('<span>').addClass('branet-breast').css('margin-right', '16px')
+                              .append($('<b>').text(breast.modality + ' ' + side + ': '))
+                              .append(document.createTextNode(call + ' (highest of ' + breast.images + ' view' +
+                                                              (breast.images === 1 ? '' : 's') + ')')));
+  });
+  if ((data.breasts || []).length > 0) {
+    panel.append(breasts);
+  }
+
   var table = $('<table>').addClass('branet-findings').css({'border-collapse': 'collapse', 'width': '100%'});
   var head = $('<tr>');
   $.each(['ROI', 'Image', 'Finding', 'Label', 'p(malignant) / threshold', 'Certainty', 'Outputs'], function(i, title) {

@@ -35,7 +35,7 @@ from branet_pacs.orthanc.status import (
 from branet_pacs.orthanc.store import Retry, ServiceStore
 from branet_pacs.orthanc.supervisor import WorkerSupervisor
 from branet_pacs.orthanc.viewer import study_url
-from branet_pacs.types import StudyState
+from branet_pacs.types import StudyState, breast_results
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +240,13 @@ class BraNetNode:
                     name = finding.get("thumbnail")
                     finding["thumbnail_url"] = f"/branet/studies/{study_id}/thumbnails/{name}" if name else None
             instances.append(value)
+        views = [(record.study_uid, image.get("modality", ""), image.get("laterality"),
+                  [(f["label"], f["p_malignant"]) for f in image.get("findings", [])])
+                 for value in instances for image in value["images"] if "error" not in image]
         return {
             "study": record.to_json(),
             "viewer_url": study_url(record.study_uid),
+            "breasts": [breast.as_json() for breast in breast_results(views)],
             "instances": instances,
             "outputs": [{"sop_uid": o.sop_uid, "kind": o.kind, "source_instance": o.source_instance,
                          "instance_id": o.instance_id, "stored": o.stored, "stored_at": o.stored_at} for o in outputs],

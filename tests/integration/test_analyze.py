@@ -11,7 +11,7 @@ import pytest
 
 from branet_pacs.cli import main
 from branet_pacs.dicom.seg import read_seg
-from branet_pacs.types import ResultRow
+from branet_pacs.types import BreastResult, ResultRow
 
 import dicom_factory as factory
 import validators as validate
@@ -77,6 +77,24 @@ def test_every_file_gets_a_row_with_a_status(automatic_run, mixed_folder):
     for name in ("US1.dcm", "US2.dcm", "MG1.dcm", "MG2.dcm"):
         assert all(r["status"] == "ok" for r in by_name[name]), by_name[name]
     assert code == 1  # errors were recorded, and the rest still processed
+
+
+def test_breasts_csv_gives_each_breast_its_most_suspicious_view(automatic_run):
+    _, out, rows = automatic_run
+    with open(out / "breasts.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == BreastResult.CSV_COLUMNS
+        breasts = list(reader)
+    analysed = [r for r in rows if r["status"] == "ok"]
+    keys = {(r["study_instance_uid"], r["modality"], r["laterality"]) for r in analysed}
+    assert {(b["study_instance_uid"], b["modality"], b["laterality"]) for b in breasts} == keys
+    assert any(b["modality"] == "MG" and b["laterality"] in ("L", "R") for b in breasts)
+    for breast in breasts:
+        mine = [r for r in analysed if (r["study_instance_uid"], r["modality"], r["laterality"]) ==
+                (breast["study_instance_uid"], breast["modality"], breast["laterality"])]
+        ps = [float(r["p_malignant"]) for r in mine if r["p_malignant"]]
+        assert int(breast["findings"]) == len(ps)
+        assert breast["p_malignant"] == (f"{max(ps):.4f}" if ps else "")
 
 
 def test_automatic_outputs_are_valid_and_round_trip(automatic_run):

@@ -133,6 +133,15 @@ def test_findings_and_outputs_are_reported(analysed, api):
             assert 0.0 <= finding["p_malignant"] <= 1.0
             png = api.get(finding["thumbnail_url"])
             assert png.startswith(b"\x89PNG")
+    # breast level: the MG study's two images are one L and one R view; each breast's p is its views' highest
+    mg = analysed["MG"]["detail"]
+    images = [image for instance in mg["instances"] for image in instance["images"]]
+    assert {(b["modality"], b["laterality"]) for b in mg["breasts"]} == {("MG", "L"), ("MG", "R")}
+    for breast in mg["breasts"]:
+        views = [image for image in images if image["laterality"] == breast["laterality"]]
+        ps = [f["p_malignant"] for image in views for f in image["findings"]]
+        assert breast["images"] == len(views) and breast["findings"] == len(ps)
+        assert breast["p_malignant"] == (max(ps) if ps else None)
     status = api.get_json("/branet/status")
     assert status["studies"]["analysed"] >= 2
     assert status["heavy_modules_loaded"] == [], "torch/numpy/pydicom must never load inside Orthanc"
@@ -303,6 +312,7 @@ def test_explorer_panel_in_headless_chromium(analysed, servers, tmp_path):
     assert "branet-label" in panel and "branet-probability" in panel and " %" in panel
     assert 'class="branet-threshold"' in panel and 'class="branet-certainty"' in panel
     assert " image 1" in panel                                       # images named by their Instance Number
+    assert 'class="branet-breast"' in panel and "(highest of " in panel  # the breast-level line
     uid = str(analysed["US"]["datasets"][0].StudyInstanceUID)
     assert f'href="../ohif/basic?StudyInstanceUIDs={uid}"' in panel, "the panel links the study in OHIF"
     assert 'class="branet-roi"' in panel or "none" in panel

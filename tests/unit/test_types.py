@@ -9,6 +9,7 @@ import pydicom
 
 from branet_pacs.types import (
     BreastImage,
+    BreastResult,
     ImageFailure,
     ImageResult,
     IngestOutcome,
@@ -17,6 +18,7 @@ from branet_pacs.types import (
     ModelIdentity,
     Status,
     StudyState,
+    breast_results,
     study_verdict,
 )
 
@@ -70,3 +72,24 @@ def test_model_identity_fingerprint_covers_weights_and_settings():
     for changed in (replace(MODELS, weights_sha256=("b" * 64,)), replace(MODELS, settings="s2"),
                     replace(MODELS, detector_version="2.0.0"), replace(MODELS, threshold=0.5)):
         assert changed.fingerprint != MODELS.fingerprint
+
+
+def test_breast_results_take_the_most_suspicious_view_of_each_breast():
+    views = [
+        ("S1", "MG", "L", [("benign", 0.20), ("malignant", 0.70)]),   # left CC: two findings
+        ("S1", "MG", "L", [("benign", 0.30)]),                        # left MLO
+        ("S1", "MG", "R", []),                                        # right CC: nothing found
+        ("S1", "MG", "R", [("benign", 0.10)]),                        # right MLO
+        ("S1", "US", None, [("benign", 0.40)]),                       # US without laterality: its own breast
+        ("S0", "MG", "L", []),
+    ]
+    breasts = breast_results(views)
+    assert [(b.study_instance_uid, b.modality, b.laterality) for b in breasts] == [
+        ("S0", "MG", "L"), ("S1", "MG", "L"), ("S1", "MG", "R"), ("S1", "US", "")]
+    s0, left, right, us = breasts
+    assert (s0.images, s0.findings, s0.p_malignant, s0.label) == (1, 0, None, "")
+    assert (left.images, left.findings, left.p_malignant, left.label) == (2, 3, 0.70, "malignant")
+    assert (right.images, right.findings, right.p_malignant, right.label) == (2, 1, 0.10, "benign")
+    assert us.as_csv_row() == {"study_instance_uid": "S1", "modality": "US", "laterality": "", "images": "1",
+                               "findings": "1", "p_malignant": "0.4000", "label": "benign"}
+    assert s0.as_json()["p_malignant"] is None and tuple(s0.as_json()) == BreastResult.CSV_COLUMNS
