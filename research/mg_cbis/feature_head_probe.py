@@ -27,6 +27,14 @@ def head(C: float):
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, class_weight="balanced"))
 
 
+def shipped_cnn(pixels: np.ndarray) -> np.ndarray:
+    """p(malignant) of the shipped MG classifier (mg-resnet18 1.0.0: mini-MIAS only) on uint8 ROIs: the baseline."""
+    from branet_pacs.models.classifier import MalignancyClassifier
+
+    classifier = MalignancyClassifier.load("models", "MG", device="cpu")
+    return classifier.predict(pixels.astype(np.float32) / 127.5 - 1.0)
+
+
 def breast_level(files, groups, labels, p):
     """Max p over the ROIs of one patient's breast side (CC + MLO of one mass): (labels, p)."""
     by_breast = defaultdict(list)
@@ -50,6 +58,10 @@ def main() -> None:
     if args.mias:
         mias = (folder_features(args.mias), load_roi_set(args.mias).labels)
     print(f"CBIS-DDSM: {len(y)} ROIs ({int(y.sum())} malignant), {len(set(groups))} patients")
+    p0 = shipped_cnn(rois.pixels)
+    yb, pb = breast_level(rois.files, groups, y, p0)
+    print(f"shipped mg-resnet18 (1.0.0, mini-MIAS) on CBIS-DDSM ROIs: AUC {roc_auc_score(y, p0):.3f}, "
+          f"breast-level AUC {roc_auc_score(yb, pb):.3f}")
     for C in (0.001, 0.003, 0.01, 0.03, 0.1):
         p = np.zeros(len(y))
         for tr, va in StratifiedGroupKFold(5, shuffle=True, random_state=0).split(x, y, groups):
