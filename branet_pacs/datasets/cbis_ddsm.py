@@ -8,7 +8,9 @@ real proportions, as a real DICOM mammogram would. Default 1.70: the median widt
 in the squashed copies is 1.698 (geometric mean 1.706; CC 1.695, MLO 1.704) — masses are on average as tall as
 wide, so that ratio is the squash. `aspect = 1` keeps the stored copies as they are.
 
-Groups are the patient (the CC and MLO views of one breast show the same mass); no masks (boxes only).
+Groups are the patient (the CC and MLO views of one breast show the same mass). The masses come with boxes only:
+each lesion's mask is the ellipse inscribed in its box (`traced=False`, like mini-MIAS's disks), which the detector
+trains on and the evaluation takes the box from; ROIs and the classifier use the box.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
+from PIL import Image
+
 from branet_pacs.datasets.cases import Case, Lesion, image_category, normalise_label
+from branet_pacs.imaging.geometry import box_ellipse_mask
 
 SITE = "cbis-ddsm"
 DEFAULT_ASPECT = 1.70
@@ -45,8 +50,16 @@ def read_cbis_ddsm(src: str | Path, aspect: float = DEFAULT_ASPECT, site: str = 
             yield Case(name, path, normalise_label(rows[0]["label"]), group, site=site, tags=tags,
                        notes=(f"{film}: image file missing",), all_lesions_known=False)
             continue
-        lesions = tuple(Lesion(normalise_label(row["label"]), _box(row, aspect), None, traced=False) for row in rows)
+        shape = _restored_shape(path, aspect)
+        lesions = tuple(Lesion(normalise_label(row["label"]), box, box_ellipse_mask(shape, box), traced=False)
+                        for box, row in ((_box(row, aspect), row) for row in rows))
         yield Case(name, path, image_category(lesions), group, lesions, site, tags=tags, row_scale=aspect)
+
+
+def _restored_shape(path: Path, aspect: float) -> tuple[int, int]:
+    """(rows, cols) of the film as `load_gray(path, aspect)` returns it; reads only the image header."""
+    with Image.open(path) as im:
+        return int(round(im.height * aspect)), im.width
 
 
 def _box(row: dict[str, str], aspect: float) -> tuple[int, int, int, int]:

@@ -17,6 +17,15 @@ def mask_box(mask: np.ndarray) -> Box | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def box_ellipse_mask(shape: tuple[int, int], box: Box) -> np.ndarray:
+    """Bool mask of the ellipse inscribed in `box` (x0, y0, x1, y1, exclusive end), clipped to `shape` (rows, cols):
+    the stand-in outline of a lesion known only by its box (CBIS-DDSM masses), whose tight box is `box` again."""
+    x0, y0, x1, y1 = box
+    rows = (np.arange(shape[0]) + 0.5 - (y0 + y1) / 2) / max((y1 - y0) / 2, 0.5)
+    cols = (np.arange(shape[1]) + 0.5 - (x0 + x1) / 2) / max((x1 - x0) / 2, 0.5)
+    return rows[:, None] ** 2 + cols[None, :] ** 2 <= 1.0
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     labels = measure.label(mask, connectivity=2)
     if labels.max() <= 1:

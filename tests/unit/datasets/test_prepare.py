@@ -183,3 +183,12 @@ def test_cbis_ddsm_restores_the_aspect_and_groups_by_patient(tmp_path: Path) -> 
     assert {r["roi_file"]: r for r in _manifest(squashed_out)}["malignant/00001_LEFT_CC-1.png"]["box"] == \
         "30 40 70 60"
     assert load_gray(src / "films" / "00001_LEFT_CC.jpg", 2.0).shape == (200, 100)
+    # boxes only: each lesion's stand-in mask is the ellipse inscribed in its box, on the restored film
+    from branet_pacs.datasets.cbis_ddsm import read_cbis_ddsm
+    from branet_pacs.imaging.geometry import mask_box
+
+    case = next(read_cbis_ddsm(src, aspect=2.0))
+    lesion = case.lesions[0]
+    assert not lesion.traced and lesion.mask.shape == case.pixels().shape == (200, 100)
+    assert mask_box(lesion.mask) == lesion.box == (30, 80, 70, 120)
+    assert lesion.mask[100, 50] and not lesion.mask[80, 30]          # centre in, box corner out
