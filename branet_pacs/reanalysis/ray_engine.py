@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import tempfile
 import time
@@ -79,14 +80,14 @@ class AnalyzerActor:
 
         configure_logging(verbose=False)
         self.analyzer = Analyzer(config)
-        self.analyzer.warm_up()
+        self.missing = self.analyzer.warm_up()   # models this node lacks: its studies then fail with that reason
 
-    def where(self) -> tuple[int, str, str]:
-        """(process ID, node ID, node IP) of this actor; answers once the models are loaded."""
+    def where(self) -> tuple[int, str, str, list[str]]:
+        """(process ID, node ID, node IP, models it could not load) of this actor; answers once they are loaded."""
         import ray
 
         context = ray.get_runtime_context()
-        return os.getpid(), context.get_node_id(), ray.util.get_node_ip_address()
+        return os.getpid(), context.get_node_id(), ray.util.get_node_ip_address(), self.missing
 
     def analyse(self, study_uid: str, files: list[tuple[str, bytes]]) -> tuple[StudyReport, list[tuple[str, bytes]]]:
         """The local worker's `run_job` on a private copy of the files; outputs come back as (relative name, bytes)."""
@@ -113,6 +114,7 @@ class _Actor:
     pid: int = 0
     node: str = ""
     ip: str = ""
+    missing: tuple[str, ...] = ()
 
 
 @dataclass
@@ -152,6 +154,8 @@ class RayPool:
         self._running: dict[object, tuple[_Actor, _Task]] = {}
         self._queue: deque[_Task] = deque()
         self._ready: list[_Actor] = []
+        self._start_failures: list[str] = []             # why actors could not load the models
+        self._failure_limit = MAX_ATTEMPTS * workers
         self.closing = False
         for _ in range(workers):
             self._start_actor()
@@ -177,6 +181,9 @@ class RayPool:
                 break
         if not self._ready:
             self.kill()
+            if self._start_failures:
+                raise EngineUnavailable(f"no Ray actor could load the models on {self.address} "
+                                        f"({len(self._start_failures)} tried): {self._start_failures[-1]}")
             raise EngineUnavailable(f"no Ray actor could load the models on {self.address} in "
                                     f"{START_TIMEOUT:.0f} s (each asks for {self._config.threads} CPU)")
 
@@ -187,7 +194,8 @@ class RayPool:
     def describe(self) -> dict:
         """For the run's log: the engine, the cluster and where each actor runs."""
         return {"engine": "ray", "address": self.address, "pids": self.pids,
-                "actors": [{"pid": a.pid, "node": a.node, "ip": a.ip} for a in self._ready]}
+                "actors": [{"pid": a.pid, "node": a.node, "ip": a.ip, "missing_models": list(a.missing)}
+                           for a in self._ready]}
 
     # --- work ---------------------------------------------------------------------------------------------------
     def submit(self, job: StudyJob) -> None:
@@ -228,12 +236,17 @@ class RayPool:
     def _started(self, ref) -> None:
         actor = self._starting.pop(ref)
         try:
-            actor.pid, actor.node, actor.ip = self._ray.get(ref)
+            actor.pid, actor.node, actor.ip, missing = self._ray.get(ref)
         except self._ray.exceptions.RayError as exc:
-            log.error("a Ray actor could not start: %s", _first_line(exc))
-            if not self.closing:
-                self._start_actor()
+            why = _raised(exc)
+            self._start_failures.append(why)
+            log.error("a Ray actor could not start: %s", why)
+            if not self.closing and len(self._start_failures) < self._failure_limit:
+                self._start_actor()   # a node without our install would otherwise be retried for ever
             return
+        actor.missing = tuple(missing)
+        if missing:
+            log.warning("Ray worker %d on node %s could not load: %s", actor.pid, actor.ip, "; ".join(missing))
         self._ready.append(actor)
         self._idle.append(actor)
         self._assign()
@@ -300,6 +313,13 @@ def _kill(ray, actor: _Actor) -> None:
         ray.kill(actor.handle, no_restart=True)
     except Exception:  # noqa: BLE001 - already gone with its node
         pass
+
+
+def _raised(exc: BaseException) -> str:
+    """The exception an actor's set-up raised, from Ray's report of it (its last `SomeError: ...` line)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    raised = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception|Unavailable)\b.*:", line)]
+    return raised[-1] if raised else _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

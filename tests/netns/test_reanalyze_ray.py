@@ -218,3 +218,30 @@ def test_node_removed_mid_run_study_runs_elsewhere_and_is_stored_once(archive, c
         one_result_per_image(archive, archive.seeded[date])
     srs = sum(len(ds) for date, ds in archive.seeded.items() if date in KILL_NODE_DATES)
     assert archive.count_instances() - before >= srs            # the SRs (and SEGs) of every image, once each
+
+
+def test_actors_that_cannot_start_end_in_one_clear_error_and_missing_models_are_named(cluster, tmp_path):
+    """An actor whose set-up raises (here: an unknown inference engine) is replaced a bounded number of times, then
+    the run gets one clear error; an actor on a node without the models starts and says what it lacks."""
+    import dataclasses
+
+    import ray
+
+    from branet_pacs.config import load_config
+    from branet_pacs.reanalysis.ray_engine import MAX_ATTEMPTS, EngineUnavailable, RayPool
+
+    broken = dataclasses.replace(load_config(), engine="no-such-engine")
+    with pytest.raises(EngineUnavailable) as info:
+        RayPool(1, broken, cluster.address)
+    assert not ray.is_initialized(), "the pool leaves the cluster it joined"
+    message = str(info.value)
+    assert message.startswith(f"no Ray actor could load the models on {cluster.address} ({MAX_ATTEMPTS} tried): ")
+    assert "unknown engine 'no-such-engine'" in message, message
+
+    pool = RayPool(1, dataclasses.replace(load_config(), models_dir=str(tmp_path / "no-models")), cluster.address)
+    try:
+        (actor,) = pool.describe()["actors"]
+        assert actor["missing_models"] and all("no-models" in m or "manifest" in m for m in actor["missing_models"])
+    finally:
+        pool.close()
+    assert not ray.is_initialized()
