@@ -239,6 +239,10 @@ def write_detector_card(path: Path, name: str, version: str, modality: str, kind
                 f"but no centre left out ({', '.join(excluded) or 'none'}). The breast mask limits the input.",
         "bus-uclm": "BUS-UCLM (Spain, Siemens ACUSON S2000; licence CC BY-NC 4.0): benign, malignant and normal frames "
                     "with lesion masks, grouped by patient; frames whose mask does not fit the image left out.",
+        "cbis-ddsm": "CBIS-DDSM masses (official training split; licence CC BY 3.0): digitised films with every "
+                     "mass's box; the data has no outlines, so each mass's target is the ellipse inscribed in its "
+                     "box; rows restored by the aspect ratio of the squashed copies (1.70); grouped by patient; no "
+                     "normal films. The breast mask limits the input.",
     }
     data_text = " ".join(texts.get(k, f"{k}: lesion masks per image; normal images are all background.")
                          for k in kind.split("+"))
