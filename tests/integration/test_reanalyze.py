@@ -8,7 +8,6 @@ One Orthanc serves the whole module; each test works on its own studies, selecte
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from branet_pacs.reanalysis.state import StateStore
 
 import dicom_factory as factory
 import pacs_harness as harness
-from pacs_harness import assert_one_result_per_image, branet_outputs
+from pacs_harness import assert_one_result_per_image, branet_outputs, pid_alive, run_log
 from paths import REPO
 
 pytestmark = [pytest.mark.integration,
@@ -84,13 +83,9 @@ def reanalyze(archive, source: str, state: Path, *extra: str) -> int:
     return main(args)
 
 
-def journal(state: Path) -> list[dict]:
-    return [json.loads(line) for line in state.with_suffix(".jsonl").read_text().splitlines()]
-
-
 def last_run(state: Path) -> tuple[dict, list[dict]]:
     """(summary, study events) of the latest run in the JSONL log."""
-    events = journal(state)
+    events = run_log(state)
     start = max(i for i, e in enumerate(events) if e["event"] == "run")
     run = events[start:]
     summary = [e for e in run if e["event"] == "summary"][-1]
@@ -168,33 +163,19 @@ def test_dicomweb_stores_results_then_redoes_nothing_and_force_adds_no_duplicate
 
 # ------------------------------------------------------------------------------------------ interrupt, kill, resume
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))
-
-
-def _events(log: Path) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-
 def _run_and_signal(archive, state: Path, signals: list[signal.Signals]) -> tuple[int, list[dict], list[int]]:
     """Start `branet reanalyze` on the kill set; once it has analysed one more study, send `signals` (0.3 s apart).
     Returns (exit code, the run's log events, its worker PIDs) after checking the workers are gone."""
     args = [sys.executable, "-m", "branet_pacs.cli", "reanalyze", "--source", archive.dimse_url, "--state", str(state),
             "--models-dir", str(MODELS), "--no-progress", "--calling-aet", harness.SCU_AET, "--retrieve", "get",
             "--since", KILL_DATES[0], "--until", KILL_DATES[-1]]
-    log = state.with_suffix(".jsonl")
-    seen = len(_events(log))
+    seen = len(run_log(state))
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers: list[int] = []
     deadline = time.monotonic() + 600   # a guard against a hang, not a speed requirement
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            events = _events(log)[seen:]
+            events = run_log(state)[seen:]
             workers = next((e["pids"] for e in events if e["event"] == "workers"), workers)
             if any(e["event"] == "study" and e["status"] == "analysed" for e in events):
                 break
@@ -211,10 +192,10 @@ def _run_and_signal(archive, state: Path, signals: list[signal.Signals]) -> tupl
         process.stderr.close()
     assert workers, "the run never started its workers"
     deadline = time.monotonic() + 120
-    while any(map(_pid_alive, workers)) and time.monotonic() < deadline:
+    while any(map(pid_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(map(_pid_alive, workers)), "worker processes outlived their driver"
-    return code, _events(log)[seen:], workers
+    assert not any(map(pid_alive, workers)), "worker processes outlived their driver"
+    return code, run_log(state)[seen:], workers
 
 
 def test_interrupted_then_killed_run_resumes_without_duplicates(archive, tmp_path, markers):

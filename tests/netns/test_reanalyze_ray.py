@@ -9,9 +9,7 @@ module started (Cluster.shutdown / remove_node kill them by PID), never with `ra
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +25,7 @@ from branet_pacs.reanalysis.run import version_marker
 
 import dicom_factory as factory
 import pacs_harness as harness
+from pacs_harness import pid_alive, run_log
 from paths import REPO
 
 pytestmark = pytest.mark.integration
@@ -83,13 +82,8 @@ def reanalyze(archive, cluster, state: Path, *extra: str, engine: str = "ray") -
     return main(args)
 
 
-def events(state: Path) -> list[dict]:
-    log = state.with_suffix(".jsonl")
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-
 def summary_of(state: Path) -> dict:
-    return [e for e in events(state) if e["event"] == "summary"][-1]
+    return [e for e in run_log(state) if e["event"] == "summary"][-1]
 
 
 def one_result_per_image(archive, datasets: list[pydicom.Dataset]) -> None:
@@ -131,7 +125,7 @@ def test_ray_and_local_engines_write_the_same_objects(archive, cluster, tmp_path
     assert len(written["ray"]) >= 2                                   # an SR per image at least
     for name, path in written["ray"].items():
         assert _without_creation_times(path) == _without_creation_times(written["local"][name]), name
-    workers = [e for e in events(tmp_path / "ray.sqlite") if e["event"] == "workers"][0]
+    workers = [e for e in run_log(tmp_path / "ray.sqlite") if e["event"] == "workers"][0]
     assert workers["engine"] == "ray" and len(workers["actors"]) == 2
     assert len({actor["node"] for actor in workers["actors"]}) == 2, "one actor per node of the cluster"
     assert {actor["ip"] for actor in workers["actors"]} == {"127.0.0.1"}
@@ -144,15 +138,6 @@ def _wait_for(condition, what: str, timeout: float = 600) -> None:
         time.sleep(0.1)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))
-
-
 def test_driver_killed_mid_run_resumes_from_the_state_file(archive, cluster, tmp_path, web_credentials):
     state = tmp_path / "driver.sqlite"
     args = [sys.executable, "-m", "branet_pacs.cli", "reanalyze", "--source", archive.dicomweb_url,
@@ -163,7 +148,7 @@ def test_driver_killed_mid_run_resumes_from_the_state_file(archive, cluster, tmp
                                start_new_session=True)
     try:
         _wait_for(lambda: process.poll() is not None or any(
-            e["event"] == "study" and e["status"] == "analysed" for e in events(state)), "a first study")
+            e["event"] == "study" and e["status"] == "analysed" for e in run_log(state)), "a first study")
         assert process.poll() is None, process.stderr.read()
         process.kill()
         process.wait(60)
@@ -171,10 +156,10 @@ def test_driver_killed_mid_run_resumes_from_the_state_file(archive, cluster, tmp
         if process.poll() is None:
             process.kill()
         process.stderr.close()
-    first = events(state)
+    first = run_log(state)
     assert not any(e["event"] == "summary" for e in first)
     actors = [e for e in first if e["event"] == "workers"][0]["pids"]
-    _wait_for(lambda: not any(map(_alive, actors)), "Ray to remove the dead driver's actors", timeout=120)
+    _wait_for(lambda: not any(map(pid_alive, actors)), "Ray to remove the dead driver's actors", timeout=120)
     done_before = sum(e["event"] == "study" and e["status"] == "analysed" for e in first)
 
     assert reanalyze(archive, cluster, state, "--since", KILL_DRIVER_DATES[0], "--until", KILL_DRIVER_DATES[-1]) == 0
@@ -199,7 +184,7 @@ def test_node_removed_mid_run_study_runs_elsewhere_and_is_stored_once(archive, c
     try:
         # the worker node's actor has handed in one study and (assigned at once) holds the next one
         _wait_for(lambda: not run.is_alive() or any(
-            e["event"] == "study" and e.get("node") == worker_node for e in events(state)), "the worker node")
+            e["event"] == "study" and e.get("node") == worker_node for e in run_log(state)), "the worker node")
         assert run.is_alive(), "the run ended before the node could be removed"
         cluster.remove_node(cluster.worker)
         run.join(900)
@@ -209,7 +194,7 @@ def test_node_removed_mid_run_study_runs_elsewhere_and_is_stored_once(archive, c
     assert result["code"] == 0
     summary = summary_of(state)
     assert (summary["listed"], summary["analysed"], summary["failed"]) == (len(KILL_NODE_DATES),) * 2 + (0,)
-    studies = [e for e in events(state) if e["event"] == "study"]
+    studies = [e for e in run_log(state) if e["event"] == "study"]
     assert len(studies) == len(KILL_NODE_DATES)                 # one record per study
     retried = [e for e in studies if e.get("retried")]
     assert retried, "no study was in flight on the removed node"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -197,3 +198,19 @@ def assert_one_result_per_image(archive, datasets: list[pydicom.Dataset], marker
     assert len(outputs["SEG"]) == sum(bool(evidence_uids(sr) & seg_uids) for sr in srs)
     sources_of_srs = [next(iter(evidence_uids(sr) & sources)) for sr in srs]
     assert sorted(sources_of_srs) == sorted(sources)
+
+
+def run_log(state: Path) -> list[dict]:
+    """The events of `branet reanalyze`'s JSONL log beside the state file (none yet when it does not exist)."""
+    log = Path(state).with_suffix(".jsonl")
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))
