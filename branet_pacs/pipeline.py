@@ -26,6 +26,7 @@ from branet_pacs.dicom.seg import build_seg
 from branet_pacs.dicom.sr import build_sr
 from branet_pacs.imaging.geometry import box_iou, mask_box, mask_outline
 from branet_pacs.models.errors import ModelUnavailable
+from branet_pacs.models.feature_head import lesion_feature_rows
 from branet_pacs.types import (
     Box,
     BreastImage,
@@ -224,8 +225,8 @@ class Analyzer:
         margin = self.roi_margin(image.modality)
         features = None
         if embedding is not None and kept:
-            from branet_pacs.models.segmenter import pooled_embedding
-            features = np.stack([pooled_embedding(embedding, mask) for _, mask, _ in kept])
+            features = lesion_feature_rows(classifier.head_inputs, image.pixels, embedding,
+                                           [mask for _, mask, _ in kept], [box for _, _, box in kept])
         probabilities = classifier.predict_boxes(image.pixels, [box for _, _, box in kept], margin, features)
         lap("classify")
         return tuple(

@@ -61,7 +61,7 @@ class BreastImage:
     frame_shape: tuple[int, int]      # (rows, cols) of the source frame
     region: Box                       # where `pixels` sits in the source frame
     laterality: str | None = None     # "L", "R" or None when unknown
-    breast_mask: np.ndarray | None = None  # bool (h, w) aligned with `pixels` (MG foreground), None for US
+    breast_mask: np.ndarray | None = None  # bool (h, w) aligned with `pixels`: MG breast less pectoral muscle; None US
     source: str = ""                  # file path or other locator, for reports
 
     @property

@@ -48,6 +48,9 @@ def read_info(path: Path) -> dict[str, list[InfoLine]]:
     return films
 
 
+VIEW = {"view": "MLO"}   # every mini-MIAS film is a medio-lateral oblique view
+
+
 def patient(refnum: str) -> str:
     """Left/right films of one woman are consecutive numbers: mdb001 + mdb002 -> patient001."""
     return f"patient{(int(re.sub(r'[^0-9]', '', refnum)) + 1) // 2:03d}"
@@ -60,10 +63,10 @@ def read_mias(src: str | Path, min_radius: int = 0, site: str = SITE) -> Iterato
         path = src / f"{refnum}.png"
         if not path.is_file():
             yield Case(refnum, path, "normal" if not lines else "benign", patient(refnum), site=site,
-                       notes=(f"{refnum}: image file missing",), all_lesions_known=False)
+                       notes=(f"{refnum}: image file missing",), all_lesions_known=False, tags=dict(VIEW))
             continue
         if not lines:
-            yield Case(refnum, path, "normal", patient(refnum), site=site)
+            yield Case(refnum, path, "normal", patient(refnum), site=site, tags=dict(VIEW))
             continue
         with Image.open(path) as im:
             width, height = im.size
@@ -76,7 +79,7 @@ def read_mias(src: str | Path, min_radius: int = 0, site: str = SITE) -> Iterato
         category = image_category(tuple(lesions)) if lesions else \
             ("malignant" if any(line.severity == "M" for line in lines) else "benign")
         yield Case(refnum, path, category, patient(refnum), tuple(lesions), site, tuple(notes),
-                   all_lesions_known=len(lesions) == len(lines))
+                   all_lesions_known=len(lesions) == len(lines), tags=dict(VIEW))
 
 
 def _lesion(line: InfoLine, label: str, height: int, width: int, min_radius: int) -> Lesion:

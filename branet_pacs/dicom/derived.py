@@ -125,6 +125,22 @@ def laterality(ds: pydicom.Dataset) -> str | None:
     return None
 
 
+# ViewCodeSequence codes (CID 4014, SNOMED CT / SRT) of the oblique views, whose upper chest-wall corner holds the
+# pectoral muscle
+_OBLIQUE_VIEW_CODES = {"399368009", "R-10226", "399099002", "R-10228"}   # medio-lateral oblique, latero-medial oblique
+
+
+def view_position(ds: pydicom.Dataset) -> str | None:
+    """The mammographic view ("MLO", "CC", "ML", ...): ViewCodeSequence (oblique codes read as "MLO"), else
+    ViewPosition; None when neither says."""
+    for item in ds.get("ViewCodeSequence") or []:
+        code, meaning = str(item.get("CodeValue", "")), str(item.get("CodeMeaning", "")).lower()
+        if code in _OBLIQUE_VIEW_CODES or "oblique" in meaning:
+            return "MLO"
+    value = str(ds.get("ViewPosition", "") or "").strip().upper()
+    return value or None
+
+
 def source_for_reference(image: BreastImage) -> pydicom.Dataset:
     """A copy of the source header that derived objects can be built from.
 

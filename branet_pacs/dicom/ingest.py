@@ -16,7 +16,8 @@ Selection (rules from `IngestRules`, config [ingest]):
 Decoding (see `pixels.frame_to_gray`): every frame becomes float32 [0, 1] grayscale. US is cropped to the largest
 2-D region of the Sequence of Ultrasound Regions; multi-frame instances give one representative frame
 (RepresentativeFrameNumber, else the middle frame) or, with `us_frames = "all"`, the first `max_frames` frames.
-MG gets a breast foreground mask and laterality (ImageLaterality, else Laterality).
+MG gets a breast foreground mask (less the pectoral muscle on MLO views: where findings may be) and laterality
+(ImageLaterality, else Laterality).
 
 `ingest(source, rules)` is the entry point: `source` is a file path, the bytes of a Part 10 file (C-STORE, REST,
 DICOMweb) or an already parsed pydicom Dataset. Nothing raises out of it: unreadable, truncated or undecodable
@@ -48,9 +49,9 @@ from pydicom.uid import (
 )
 
 from branet_pacs.config import IngestRules
-from branet_pacs.dicom.derived import laterality
+from branet_pacs.dicom.derived import laterality, view_position
 from branet_pacs.dicom.pixels import PIXEL_TAGS, PixelDecodeError, frame_to_gray, number_of_frames
-from branet_pacs.imaging.breast import breast_mask
+from branet_pacs.imaging.breast import detection_region
 from branet_pacs.types import Box, BreastImage, IngestOutcome, Status
 
 log = logging.getLogger(__name__)
@@ -447,7 +448,7 @@ def _breast_image(header: Dataset, gray: np.ndarray, kind: str, frame_index: int
         pixels = np.ascontiguousarray(gray[y0:y1, x0:x1])
     else:
         pixels = gray
-        mask = breast_mask(pixels)
+        mask = detection_region(pixels, "MG", view_position(header))
     return BreastImage(
         dataset=header, pixels=pixels, modality=kind,
         frame_number=None if frame_index is None else frame_index + 1,

@@ -64,7 +64,8 @@ def breast_image(case: Case, modality: str) -> BreastImage:
     header = pydicom.Dataset()
     header.SOPInstanceUID = header.StudyInstanceUID = "2.25.0"
     return BreastImage(dataset=header, pixels=pixels, modality=modality, frame_number=None, frame_shape=(h, w),
-                       region=(0, 0, w, h), breast_mask=detection_region(pixels, modality), source=case.name)
+                       region=(0, 0, w, h), breast_mask=detection_region(pixels, modality, case.tags.get("view")),
+                       source=case.name)
 
 
 def roi_key(name: str) -> str:

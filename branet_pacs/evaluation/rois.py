@@ -60,9 +60,9 @@ def classify(data_dir: Path, classifier) -> tuple[list[str], np.ndarray, np.ndar
     rois = np.stack([uint8_to_roi(read_roi_png(data_dir / f)) for f in files])
     p = classifier.predict(rois)
     if classifier.feature_head is not None:
-        from branet_pacs.train.lesion_features import folder_features
+        from branet_pacs.train.lesion_features import head_features
 
-        p = classifier.with_feature_head(p, folder_features(data_dir, str(classifier.device)))
+        p = classifier.with_feature_head(p, head_features(data_dir, classifier.head_inputs, str(classifier.device)))
     return files, truth, p
 
 

@@ -21,7 +21,7 @@ from torchvision.models import resnet18
 
 from branet_pacs.imaging.roi import extract_roi
 from branet_pacs.models.errors import ModelUnavailable
-from branet_pacs.models.feature_head import FeatureHead, combine
+from branet_pacs.models.feature_head import LITEMEDSAM, FeatureHead, check_inputs, combine
 from branet_pacs.models.manifest import ModelEntry, file_sha256, find_model, verified_weights_path
 from branet_pacs.models.onnx_engine import compiled_or_module
 from branet_pacs.models.runtime import Engine, select_device
@@ -186,6 +186,13 @@ class MalignancyClassifier:
         return (self.entry.sha256, head["sha256"]) if head else (self.entry.sha256,)
 
     @property
+    def head_inputs(self) -> tuple[str, ...]:
+        """What the feature head reads, in order (`feature_head.INPUTS`); empty without a head."""
+        if self.feature_head is None:
+            return ()
+        return check_inputs(self.entry.extra["feature_head"].get("inputs", (LITEMEDSAM,)))
+
+    @property
     def roi_margin(self) -> float | None:
         """Context margin the model was trained with (manifest input spec), None when not recorded."""
         margin = self.entry.input.get("margin")
@@ -217,7 +224,8 @@ class MalignancyClassifier:
         if self.feature_head is None:
             return p_cnn
         if features is None or len(features) != len(p_cnn):
-            raise ValueError(f"classifier '{self.name}' has a feature head: give one LiteMedSAM feature row per ROI")
+            raise ValueError(f"classifier '{self.name}' has a feature head: give one feature row per ROI "
+                             f"({', '.join(self.head_inputs)})")
         return combine(p_cnn, self.feature_head.predict(features))
 
     @property

@@ -5,48 +5,89 @@ around it (`segmenter.pooled_embedding`, 512 numbers) comes at no extra encoder 
 lesions about as well as the CNN at another hospital and makes different mistakes; the classifier's p(malignant) is
 the mean of the two in logit space (`combine`). Measured in docs/pipeline-eval/README.md ("Two ultrasound sites").
 
-Stored as safetensors (no pickle): the standardisation (`mean`, `scale`) and the linear model (`coef`, `intercept`).
+What the head reads is named by its inputs (manifest extra feature_head "inputs", in this order): "litemedsam"
+(the pooled embedding, 512) and, for mammography, "lesion-descriptors" (`imaging.lesion_descriptors`, 53 hand-made
+numbers on the lesion box: density against its surround, edge, spicules, texture), one regression block each.
+`lesion_feature_rows` computes them for the pipeline and for training alike.
+
+Stored as safetensors (no pickle): the standardisation (`mean`, `scale`) and the linear blocks (`coef`, `intercept`,
+`blocks`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from branet_pacs.imaging import lesion_descriptors
 from branet_pacs.models.errors import ModelUnavailable
+from branet_pacs.types import Box
 
+if TYPE_CHECKING:
+    from branet_pacs.models.segmenter import LiteMedSAMEmbedding
+
+LITEMEDSAM = "litemedsam"
 FEATURES = "LiteMedSAM image embedding, mean inside the lesion mask and in a ring around it (512)"
+INPUTS = {LITEMEDSAM: FEATURES, lesion_descriptors.NAME: lesion_descriptors.DESCRIPTION}
 DEFAULT_C = 0.003   # inverse L2 strength; chosen across sites (research/us_sites/sam_head_loso.py)
 
 
 @dataclass(frozen=True)
 class FeatureHead:
+    """Standardisation + one logistic regression per input block (consecutive columns, `blocks` their widths);
+    p(malignant) = the sigmoid of the blocks' mean logit. One block is the plain logistic head; with several, each
+    input keeps its own regularisation and no block drowns the other (a LiteMedSAM block of 512 numbers beside 53
+    descriptors: measured better than one regression on both, docs/mammography.md)."""
+
     mean: np.ndarray        # (d,)
     scale: np.ndarray       # (d,)
-    coef: np.ndarray        # (d,)
-    intercept: float
+    coef: np.ndarray        # (d,) the blocks' coefficients, side by side
+    intercept: np.ndarray   # (k,) one per block
+    blocks: tuple[int, ...] = ()   # widths, summing to d; () = one block
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return self.blocks or (int(self.coef.shape[0]),)
 
     @classmethod
-    def fit(cls, features: np.ndarray, labels: np.ndarray, C: float = DEFAULT_C) -> "FeatureHead":
-        """Standardise, then class-balanced L2 logistic regression (scikit-learn)."""
+    def fit(cls, features: np.ndarray, labels: np.ndarray, C: float | Sequence[float] = DEFAULT_C,
+            blocks: Sequence[int] = ()) -> "FeatureHead":
+        """Standardise, then a class-balanced L2 logistic regression per block (scikit-learn); `C` one inverse
+        strength for all blocks or one per block."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
         features = np.asarray(features, dtype=np.float64)
+        widths = tuple(blocks) or (features.shape[1],)
+        strengths = [float(C)] * len(widths) if np.isscalar(C) else [float(c) for c in C]
+        if sum(widths) != features.shape[1] or len(strengths) != len(widths):
+            raise ValueError(f"blocks {widths} / C {strengths} do not fit {features.shape[1]} features")
         scaler = StandardScaler().fit(features)
-        model = LogisticRegression(C=C, max_iter=5000, class_weight="balanced")
-        model.fit(scaler.transform(features), np.asarray(labels))
+        z = scaler.transform(features)
+        coefs, intercepts, start = [], [], 0
+        for width, strength in zip(widths, strengths):
+            model = LogisticRegression(C=strength, max_iter=5000, class_weight="balanced")
+            model.fit(z[:, start:start + width], np.asarray(labels))
+            coefs.append(model.coef_[0])
+            intercepts.append(model.intercept_[0])
+            start += width
         return cls(scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32),
-                   model.coef_[0].astype(np.float32), float(model.intercept_[0]))
+                   np.concatenate(coefs).astype(np.float32), np.array(intercepts, dtype=np.float32),
+                   tuple(blocks) if len(widths) > 1 else ())
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """p(malignant), shape (n,), for features (n, d)."""
         features = np.atleast_2d(np.asarray(features, dtype=np.float32))
         if features.shape[1] != self.coef.shape[0]:
             raise ValueError(f"feature head expects {self.coef.shape[0]} features, got {features.shape[1]}")
-        z = ((features - self.mean) / self.scale) @ self.coef + self.intercept
+        weighted = ((features - self.mean) / self.scale) * self.coef
+        edges = np.cumsum((0, *self.widths))
+        logits = [weighted[:, a:b].sum(axis=1) + self.intercept[i] for i, (a, b) in enumerate(zip(edges, edges[1:]))]
+        z = np.mean(logits, axis=0)
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
     def save(self, path: str | Path) -> None:
@@ -54,8 +95,9 @@ class FeatureHead:
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file({"mean": self.mean, "scale": self.scale, "coef": self.coef,
-                   "intercept": np.array([self.intercept], dtype=np.float32)}, str(path),
-                  metadata={"features": FEATURES, "model": "standardise + logistic regression"})
+                   "intercept": np.asarray(self.intercept, dtype=np.float32).reshape(-1),
+                   "blocks": np.array(self.widths, dtype=np.int64)}, str(path),
+                  metadata={"model": "standardise + logistic regression per block, mean of the blocks' logits"})
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureHead":
@@ -63,9 +105,15 @@ class FeatureHead:
 
         try:
             tensors = load_file(str(path))
-            return cls(tensors["mean"], tensors["scale"], tensors["coef"], float(tensors["intercept"][0]))
+            widths = tuple(int(w) for w in tensors["blocks"]) if "blocks" in tensors else ()
+            head = cls(tensors["mean"], tensors["scale"], tensors["coef"], tensors["intercept"].reshape(-1),
+                       widths if len(widths) > 1 else ())
         except Exception as exc:  # safetensors raises its own error types for malformed files
             raise ModelUnavailable(f"cannot read feature head {path}: {exc}") from exc
+        if sum(head.widths) != head.coef.shape[0] or len(head.widths) != head.intercept.shape[0]:
+            raise ModelUnavailable(f"cannot read feature head {path}: blocks {head.widths} do not fit its "
+                                   f"{head.coef.shape[0]} coefficients / {head.intercept.shape[0]} intercepts")
+        return head
 
 
 def combine(p_cnn: np.ndarray, p_head: np.ndarray) -> np.ndarray:
@@ -75,3 +123,30 @@ def combine(p_cnn: np.ndarray, p_head: np.ndarray) -> np.ndarray:
         return np.log(p / (1 - p))
 
     return (1.0 / (1.0 + np.exp(-(logit(p_cnn) + logit(p_head)) / 2))).astype(np.float32)
+
+
+def check_inputs(inputs: Sequence[str]) -> tuple[str, ...]:
+    """The head's inputs, validated: known names, LiteMedSAM first (the pipeline always has its embedding)."""
+    inputs = tuple(inputs)
+    unknown = [name for name in inputs if name not in INPUTS]
+    if unknown or not inputs or inputs[0] != LITEMEDSAM or len(set(inputs)) != len(inputs):
+        raise ValueError(f"feature head inputs {list(inputs)}: use {LITEMEDSAM!r}, optionally followed by "
+                         f"{lesion_descriptors.NAME!r}")
+    return inputs
+
+
+def lesion_feature_rows(inputs: Sequence[str], pixels: np.ndarray, embedding: "LiteMedSAMEmbedding",
+                        masks: Sequence[np.ndarray], boxes: Sequence[Box]) -> np.ndarray:
+    """(n, d) float32: the head's input row for each lesion (mask and box on the [0, 1] image `pixels`)."""
+    from branet_pacs.models.segmenter import pooled_embedding
+
+    parts = [np.stack([pooled_embedding(embedding, mask) for mask in masks])]
+    if lesion_descriptors.NAME in check_inputs(inputs):
+        scaled = lesion_descriptors.tissue_scale(pixels)
+        parts.append(np.stack([lesion_descriptors.lesion_descriptors(pixels, box, scaled) for box in boxes]))
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def input_widths(inputs: Sequence[str]) -> tuple[int, ...]:
+    """The block widths of a head reading `inputs`."""
+    return tuple(512 if name == LITEMEDSAM else lesion_descriptors.COUNT for name in check_inputs(inputs))

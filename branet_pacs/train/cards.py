@@ -19,6 +19,10 @@ DATASET_NOTES = {
              "identical pixels share a fold group."),
     "mias": ("One ROI per abnormality with a centre (centre ± radius, at least 24 px), NORM films and lesions without "
              "a centre excluded; folds grouped by patient (left/right films of one woman never split)."),
+    "cbis-ddsm": ("Mass ROIs of the official training split held here (the official test split is not): one ROI per "
+                  "mass from its box (lesions.csv); the copies here were squashed to 800x800, so their rows are "
+                  "stretched back by 1.70 (the median width/height of the mass boxes) before cutting (docs/"
+                  "mammography.md); folds grouped by patient (the CC and MLO views of one mass never split)."),
 }
 
 
@@ -84,6 +88,29 @@ def _recipe_text(settings: dict) -> str:
     return text
 
 
+def _init_text(settings: dict) -> str:
+    if not settings.get("init"):
+        return "random initialisation — no ImageNet weights"
+    return f"initialised from {settings['init']} (its first network when it is an ensemble; no ImageNet weights)"
+
+
+def _c(settings: dict) -> str:
+    c = settings["feature_head_c"]
+    return " / ".join(str(v) for v in c) if isinstance(c, (list, tuple)) else str(c)
+
+
+def _head_inputs_text(settings: dict) -> str:
+    inputs = settings.get("feature_head_inputs", ["litemedsam"])
+    text = ("LiteMedSAM's image embedding pooled inside the lesion mask and in a ring around it (512 numbers; the "
+            "pipeline computes the embedding for segmentation anyway)")
+    if "lesion-descriptors" in inputs:
+        text += (", and, as a second block with its own regression (the head's logit is the blocks' mean), 53 "
+                 "hand-made descriptors on the lesion box (`branet_pacs.imaging.lesion_descriptors`: density against "
+                 "the surrounding tissue, edge sharpness, radial vs tangential gradient energy for spicules, GLCM and "
+                 "LBP texture, in a size-normalised crop)")
+    return text
+
+
 def _head_text(doc: dict) -> str:
     parts = doc.get("oof_parts")
     if not parts:
@@ -92,9 +119,8 @@ def _head_text(doc: dict) -> str:
     return f"""
 
 **Feature head.** Beside the CNN, `feature_head.safetensors`: standardisation + class-balanced logistic regression
-(L2, C = {st['feature_head_c']}) on LiteMedSAM's image embedding pooled inside the lesion mask and in a ring around
-it (512 numbers; the pipeline computes the embedding for segmentation anyway). p(malignant) is the mean of the two
-models' logits; the threshold and every figure below are those of the combination. Out of fold, each alone: CNN
+(L2, C = {_c(st)}) on {_head_inputs_text(st)}. p(malignant) is the mean of the CNN's and the head's
+logits; the threshold and every figure below are those of the combination. Out of fold, each alone: CNN
 ROC AUC {_fmt(parts['cnn_only']['roc_auc'])}, head {_fmt(parts['feature_head_only']['roc_auc'])}, combined
 {_fmt(doc['oof']['roc_auc'])}."""
 
@@ -115,7 +141,7 @@ def write_model_card(path: Path, doc: dict, loso: dict | None = None) -> Path:
 **Research use only. Not a medical device; not for diagnosis.**
 
 ## Model
-ResNet18 (torchvision architecture, {'initialised from ' + str(st['init']) if st.get('init') else 'random initialisation — no ImageNet weights'}), 1-channel 128×128 input,
+ResNet18 (torchvision architecture, {_init_text(st)}), 1-channel 128×128 input,
 dropout {st['dropout']} before a 2-class head (benign, malignant). Output: p(malignant) = softmax of the head.
 Weights: `weights.safetensors` (fp16; largest probability change vs fp32 on 64 training ROIs:
 {doc['final']['fp16_max_probability_change']:.2e}). Test-time augmentation (left-right flip): {'on' if st['tta'] else 'off'}.{_head_text(doc)}

@@ -45,8 +45,8 @@ from branet_pacs.datasets.rois import RoiSet, load_roi_set, load_roi_sets, read_
 from branet_pacs.evaluation import metrics as M
 from branet_pacs.evaluation import plots
 from branet_pacs.models.classifier import MALIGNANT_CLASS, build_resnet18, load_classifier_networks, save_classifier
-from branet_pacs.models.feature_head import DEFAULT_C, FeatureHead, combine
-from branet_pacs.models.feature_head import FEATURES as HEAD_FEATURES
+from branet_pacs.models.feature_head import DEFAULT_C, LITEMEDSAM, FeatureHead, combine, input_widths
+from branet_pacs.models.feature_head import INPUTS as HEAD_INPUTS
 from branet_pacs.models.manifest import ModelEntry, file_sha256, register_model
 from branet_pacs.models.runtime import configure_torch, select_device
 from branet_pacs.train.augment import augment_rois, augment_settings
@@ -84,7 +84,8 @@ class ClassifierTrainSettings:
     ema: float = 0.0              # decay of an exponential moving average of the weights (0: off); EMA is scored
     mixup: float = 0.0            # Beta(a, a) parameter of mixup between training ROIs (0: off)
     feature_head: bool = False    # also fit the LiteMedSAM-feature head; p(malignant) = logit mean of both
-    feature_head_c: float = DEFAULT_C   # its inverse L2 strength
+    feature_head_c: tuple[float, ...] = (DEFAULT_C,)   # its inverse L2 strength, one per input (or one for all)
+    feature_head_inputs: tuple[str, ...] = (LITEMEDSAM,)   # what it reads (feature_head.INPUTS), a block each
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -346,9 +347,16 @@ def fit(name: str, x: torch.Tensor, y: torch.Tensor, settings: ClassifierTrainSe
 
 
 # --------------------------------------------------------------------------------------------- the whole job
+def _fit_head(features: np.ndarray, labels: np.ndarray, settings: ClassifierTrainSettings) -> FeatureHead:
+    """The feature head on training ROIs: one block per input, each with its own C."""
+    widths = input_widths(settings.feature_head_inputs)
+    strengths = settings.feature_head_c * len(widths) if len(settings.feature_head_c) == 1 else settings.feature_head_c
+    return FeatureHead.fit(features, labels, strengths, widths)
+
+
 def _plan_signature(data: RoiSet, settings: ClassifierTrainSettings, synthetic: RoiSet | None) -> dict:
     # what the CNN folds depend on: the feature head is fitted after them, so adding it resumes the same folds
-    ignored = ("device", "threads", "margin_views", "feature_head", "feature_head_c")
+    ignored = ("device", "threads", "margin_views", "feature_head", "feature_head_c", "feature_head_inputs")
     keep = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ignored}
     return {"settings": keep, "files": list(data.files), "synthetic": list(synthetic.files) if synthetic else []}
 
@@ -377,7 +385,7 @@ def train_model(data_dirs: DataDirs, out_dir: str | Path, settings: ClassifierTr
     """Cross-validate (folds grouped by patient / identical image, across every site given), pick the threshold,
     train and save the shipped model; returns the metrics document."""
     dirs = _dirs(data_dirs)
-    features = roi_features(dirs, settings.device) if settings.feature_head else None
+    features = roi_features(dirs, settings.device, settings.feature_head_inputs) if settings.feature_head else None
     document, _, _ = _train(load_roi_sets(dirs), _data_info(dirs), Path(out_dir), settings, resume=resume,
                             synthetic_dir=synthetic_dir, version=version, name=name, register=register,
                             features=features)
@@ -390,7 +398,7 @@ def leave_one_site_out(data_dirs: DataDirs, out_dir: str | Path, settings: Class
     left out scored once with that model and threshold — what a hospital that was never seen would get."""
     dirs = _dirs(data_dirs)
     data, info, out = load_roi_sets(dirs), _data_info(dirs), Path(out_dir)
-    features = roi_features(dirs, settings.device) if settings.feature_head else None
+    features = roi_features(dirs, settings.device, settings.feature_head_inputs) if settings.feature_head else None
     sites = sorted(set(data.sites))
     if len(sites) < 2:
         raise ValueError(f"--validate-by site needs ROIs of at least two sites, got {sites}")
@@ -482,7 +490,7 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
     if features is not None:
         oof_cnn, oof_head = oof.copy(), np.full(len(data), np.nan)
         for k, (train_idx, val_idx) in enumerate(folds, start=1):
-            head = FeatureHead.fit(features[train_idx], ys[train_idx], settings.feature_head_c)
+            head = _fit_head(features[train_idx], ys[train_idx], settings)
             head.save(ckpt / f"fold{k}" / HEAD_FILE)   # beside best.safetensors: out-of-fold image evaluation
             oof_head[val_idx] = head.predict(features[val_idx])
         oof = combine(oof_cnn, oof_head).astype(np.float64)
@@ -509,7 +517,7 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
     save_classifier(final_model, weights_path, half=True)
     final_head = None
     if features is not None:
-        final_head = FeatureHead.fit(features, ys, settings.feature_head_c)
+        final_head = _fit_head(features, ys, settings)
         final_head.save(out / HEAD_FILE)
     shipped = load_classifier_networks(weights_path, settings.dropout)[0]
     sample = xs[: min(64, len(data))]
@@ -559,7 +567,8 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
              "cv_balanced_accuracy": round(document["summary"]["balanced_accuracy"]["mean"], 4)}
     if final_head is not None:
         extra["feature_head"] = {"file": f"{out.name}/{HEAD_FILE}", "sha256": file_sha256(out / HEAD_FILE),
-                                 "features": HEAD_FEATURES, "C": settings.feature_head_c,
+                                 "features": "; ".join(HEAD_INPUTS[i] for i in settings.feature_head_inputs),
+                                 "inputs": list(settings.feature_head_inputs), "C": list(settings.feature_head_c),
                                  "combine": "mean of the CNN's and the head's logits"}
     if register:
         entry = ModelEntry(

@@ -63,6 +63,13 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-head", action="store_true",
                    help="also fit a logistic-regression head on LiteMedSAM lesion features (computed from the "
                         "ROIs' source images, cached in each ROI folder) and combine it with the CNN")
+    p.add_argument("--head-inputs", default="litemedsam",
+                   help="what the feature head reads, comma-separated, one regression block each: litemedsam "
+                        "(512 pooled embedding numbers), then optionally lesion-descriptors (53 hand-made numbers on "
+                        "the lesion box; the MG recipe)")
+    p.add_argument("--head-c", default=None,
+                   help="the head's inverse L2 strength, one for every block or one per block, e.g. 0.01,0.1 "
+                        "(default 0.003)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="score and ship an exponential moving average of the weights with this decay per step, "
                         "e.g. 0.99 (0 = off)")
@@ -81,6 +88,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from branet_pacs.models.feature_head import DEFAULT_C, check_inputs
     from branet_pacs.train.classifier import ClassifierTrainSettings, leave_one_site_out, train_model
 
     settings = ClassifierTrainSettings(
@@ -89,7 +97,9 @@ def _run_train(args: argparse.Namespace) -> int:
         synthetic_ratio=args.synthetic_ratio, device=args.device, threads=args.threads, tta=args.tta,
         precision=args.precision, init=str(args.init) if args.init else None,
         roi_jitter=args.roi_jitter, scanner_aug=args.scanner_aug, margin_views=args.margin_views,
-        split_seed=args.split_seed, feature_head=args.feature_head,
+        split_seed=args.split_seed, feature_head=args.feature_head or args.head_c is not None
+        or args.head_inputs != "litemedsam", feature_head_inputs=check_inputs(args.head_inputs.split(",")),
+        feature_head_c=tuple(float(c) for c in args.head_c.split(",")) if args.head_c else (DEFAULT_C,),
         ema=args.ema, mixup=args.mixup)
     if args.validate_by == "site":
         report = leave_one_site_out(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic)

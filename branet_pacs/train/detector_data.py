@@ -115,7 +115,7 @@ def build_cache(cases: Iterable[Case], size: int, modality: str, crop_to_valid: 
     inputs, targets, meta, boxes = [], [], [], []
     for index, case in enumerate(cases):
         image = case.pixels()
-        valid = detection_region(image, modality)
+        valid = detection_region(image, modality, case.tags.get("view"))
         x, geo = letterbox(image, valid, size, crop_to_valid)
         union = np.zeros(image.shape, dtype=bool)
         for lesion in case.lesions:

@@ -6,6 +6,10 @@ the mask and in a ring around it (`models.segmenter.pooled_embedding`). One enco
 
 Cached per folder in `features-litemedsam.npz` (files, features, the LiteMedSAM checkpoint's sha256): the encoder
 takes ~1.5 s per image on 2 CPU cores, and the cache is only reused for the same ROI files and the same weights.
+
+The hand-made lesion descriptors (`imaging.lesion_descriptors`, the MG head's second input) are read on the manifest
+box of each ROI on its source image, as the pipeline reads them on a finding's box; cached in
+`features-lesion-descriptors.npz` (~0.1 s per ROI).
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from tqdm import tqdm
 
 from branet_pacs.datasets.cases import load_gray
 from branet_pacs.datasets.rois import list_roi_files, parse_box, parse_tags, read_manifest, read_prepare_info
+from branet_pacs.imaging import lesion_descriptors
+from branet_pacs.models.feature_head import LITEMEDSAM, check_inputs
 
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "features-litemedsam.npz"
+DESCRIPTORS_CACHE_FILE = "features-lesion-descriptors.npz"
 
 
 def _litemedsam_sha256() -> str:
@@ -41,30 +48,18 @@ def folder_features(root: str | Path, device: str = "cpu") -> np.ndarray:
             if list(stored["files"]) == files and str(stored["litemedsam_sha256"]) == sha:
                 return stored["features"]
         log.info("%s is stale (other ROIs or weights); recomputing", cache)
-    manifest, info = read_manifest(root), read_prepare_info(root)
-    source_root = Path(info.get("source_root", ""))
-    missing = [f for f in files if f not in manifest]
-    if missing or not source_root.is_dir():
-        raise FileNotFoundError(f"{root}: lesion features need the source images (prepare.json source_root "
-                                f"{source_root or '?'}) and a manifest row per ROI ({len(missing)} missing)")
     from branet_pacs.models.runtime import Engine, available_cores
     from branet_pacs.models.segmenter import LiteMedSAMSegmenter, pooled_embedding
 
     # the product's CPU engine (ONNX Runtime, ~2x eager torch for the encoder; same features within 1e-3)
     engine = Engine("onnx", threads=available_cores()) if device == "cpu" else Engine()
     segmenter = LiteMedSAMSegmenter(device, engine)
-    by_source: dict[str, list[int]] = {}
-    for index, file in enumerate(files):
-        by_source.setdefault(manifest[file]["source"], []).append(index)
     features = np.zeros((len(files), 512), dtype=np.float32)
-    for source, indices in tqdm(sorted(by_source.items()), desc=f"LiteMedSAM features {root.name}", unit="image",
-                                mininterval=10):
-        # boxes are in the restored geometry of squashed copies (CBIS-DDSM): load the image the same way
-        row_scale = float(parse_tags(manifest[files[indices[0]]].get("tags", "")).get("row_scale", 1.0))
-        image = load_gray(source_root / source, row_scale)
+    for image, rows in tqdm(_source_images(root, files), desc=f"LiteMedSAM features {root.name}", unit="image",
+                            mininterval=10):
         embedding = segmenter.embed(image)
-        boxes = [parse_box(manifest[files[i]]["box"]) for i in indices]
-        for index, box, mask in zip(indices, boxes, segmenter.decode(embedding, boxes)):
+        boxes = [parse_box(row["box"]) for _, row in rows]
+        for (index, _), box, mask in zip(rows, boxes, segmenter.decode(embedding, boxes)):
             if not mask.any():
                 x0, y0, x1, y1 = box
                 mask = np.zeros(image.shape, dtype=bool)
@@ -74,6 +69,51 @@ def folder_features(root: str | Path, device: str = "cpu") -> np.ndarray:
     return features
 
 
-def roi_features(roots: Sequence[str | Path], device: str = "cpu") -> np.ndarray:
+def _source_images(root: Path, files: Sequence[str]):
+    """(source image as the manifest's boxes see it, [(index, manifest row)]) per source image of a folder."""
+    manifest, info = read_manifest(root), read_prepare_info(root)
+    source_root = Path(info.get("source_root", ""))
+    missing = [f for f in files if f not in manifest]
+    if missing or not source_root.is_dir():
+        raise FileNotFoundError(f"{root}: lesion features need the source images (prepare.json source_root "
+                                f"{source_root or '?'}) and a manifest row per ROI ({len(missing)} missing)")
+    by_source: dict[str, list[int]] = {}
+    for index, file in enumerate(files):
+        by_source.setdefault(manifest[file]["source"], []).append(index)
+    for source, indices in sorted(by_source.items()):
+        # boxes are in the restored geometry of squashed copies (CBIS-DDSM): load the image the same way
+        row_scale = float(parse_tags(manifest[files[indices[0]]].get("tags", "")).get("row_scale", 1.0))
+        yield load_gray(source_root / source, row_scale), [(i, manifest[files[i]]) for i in indices]
+
+
+def folder_descriptors(root: str | Path) -> np.ndarray:
+    """(n, lesion_descriptors.COUNT) float32 for the ROIs of one folder, in `load_roi_set` order."""
+    root = Path(root)
+    files = [f for f, _ in list_roi_files(root)]
+    cache = root / DESCRIPTORS_CACHE_FILE
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as stored:
+            if list(stored["files"]) == files and int(stored["version"]) == lesion_descriptors.VERSION:
+                return stored["features"]
+    values = np.zeros((len(files), lesion_descriptors.COUNT), dtype=np.float32)
+    for image, rows in tqdm(_source_images(root, files), desc=f"lesion descriptors {root.name}", unit="image",
+                            mininterval=10):
+        scaled = lesion_descriptors.tissue_scale(image)
+        for index, row in rows:
+            values[index] = lesion_descriptors.lesion_descriptors(image, parse_box(row["box"]), scaled)
+    np.savez(cache, files=np.array(files), features=values, version=np.array(lesion_descriptors.VERSION))
+    return values
+
+
+def head_features(root: str | Path, inputs: Sequence[str] = (LITEMEDSAM,), device: str = "cpu") -> np.ndarray:
+    """The feature head's input rows (`feature_head.INPUTS`, in order) for the ROIs of one folder."""
+    parts = [folder_features(root, device)]
+    if lesion_descriptors.NAME in check_inputs(inputs):
+        parts.append(folder_descriptors(root))
+    return np.concatenate(parts, axis=1)
+
+
+def roi_features(roots: Sequence[str | Path], device: str = "cpu",
+                 inputs: Sequence[str] = (LITEMEDSAM,)) -> np.ndarray:
     """Features for `load_roi_sets(roots)`, row for row (folders in the same order)."""
-    return np.concatenate([folder_features(root, device) for root in roots])
+    return np.concatenate([head_features(root, inputs, device) for root in roots])

@@ -428,6 +428,19 @@ def test_classifier_with_a_feature_head_combines_and_checks_it(tmp_path: Path) -
         MalignancyClassifier.load(models, "US", device="cpu")
 
 
+def _ellipse_lesion_image(modality: str, background: float, lesion: float):
+    """A 220x160 image with one elliptic lesion centred at (90, 70), as ingest would hand it over."""
+    import pydicom
+
+    from branet_pacs.types import BreastImage
+
+    yy, xx = np.mgrid[:160, :220]
+    pixels = np.full((160, 220), background, np.float32)
+    pixels[(yy - 70) ** 2 / 30 ** 2 + (xx - 90) ** 2 / 45 ** 2 < 1] = lesion
+    return BreastImage(dataset=pydicom.Dataset(), pixels=pixels, modality=modality, frame_number=None,
+                       frame_shape=pixels.shape, region=(0, 0, 220, 160), breast_mask=None)
+
+
 def test_pipeline_feeds_litemedsam_features_of_each_lesion_to_the_head(tmp_path: Path) -> None:
     """Given boxes, real LiteMedSAM: the finding's p(malignant) is the CNN's combined with the head's on the pooled
     embedding of that lesion's mask; the identity (and so the UIDs) includes the head's checksum."""
@@ -447,11 +460,8 @@ def test_pipeline_feeds_litemedsam_features_of_each_lesion_to_the_head(tmp_path:
     weights_sha = file_sha256(models / "us-test" / "weights.safetensors")
     register_model(models, _entry("us-test", "us-test/weights.safetensors", weights_sha, version="2.0.0",
                                   threshold=0.4, extra={"feature_head": spec}))
-    yy, xx = np.mgrid[:160, :220]
-    pixels = np.full((160, 220), 0.6, np.float32)
-    pixels[(yy - 70) ** 2 / 30 ** 2 + (xx - 90) ** 2 / 45 ** 2 < 1] = 0.1
-    image = BreastImage(dataset=pydicom.Dataset(), pixels=pixels, modality="US", frame_number=None,
-                        frame_shape=pixels.shape, region=(0, 0, 220, 160), breast_mask=None)
+    image = _ellipse_lesion_image("US", background=0.6, lesion=0.1)
+    pixels = image.pixels
     analyzer = Analyzer(dataclasses.replace(load_config(), models_dir=str(models), threads=1, device="cpu"))
     (finding,) = analyzer.find_lesions(image, [(40, 35, 140, 110)])
     segmenter = LiteMedSAMSegmenter("cpu")
@@ -462,3 +472,42 @@ def test_pipeline_feeds_litemedsam_features_of_each_lesion_to_the_head(tmp_path:
         pixels, [finding.box], analyzer.roi_margin("US"))
     assert finding.p_malignant == pytest.approx(float(combine(cnn, head.predict(features))[0]), abs=1e-5)
     assert analyzer.model_identity("US", automatic=False).weights_sha256 == (weights_sha, spec["sha256"])
+
+
+def test_pipeline_feeds_the_lesion_descriptors_too_when_the_head_reads_them(tmp_path: Path) -> None:
+    """The MG recipe's head (manifest inputs litemedsam + lesion-descriptors, one block each): the pipeline gives it
+    the pooled embedding and the descriptors of the finding's box, in that order."""
+    import dataclasses
+
+    import pydicom
+
+    from branet_pacs.config import load_config
+    from branet_pacs.imaging.lesion_descriptors import COUNT, lesion_descriptors
+    from branet_pacs.models.feature_head import FeatureHead, combine
+    from branet_pacs.models.segmenter import LiteMedSAMSegmenter, pooled_embedding
+    from branet_pacs.pipeline import Analyzer
+    from branet_pacs.types import BreastImage
+
+    torch.manual_seed(11)
+    models = _models_dir_with_classifier(tmp_path, build_resnet18().eval(), modality="MG")
+    rng = np.random.default_rng(12)
+    labels = np.arange(40) % 2
+    head = FeatureHead.fit(rng.normal(0, 1, (40, 512 + COUNT)) + labels[:, None] * 0.5, labels, C=(0.1, 0.3),
+                           blocks=(512, COUNT))
+    head.save(models / "mg-test" / "feature_head.safetensors")
+    spec = {"file": "mg-test/feature_head.safetensors", "inputs": ["litemedsam", "lesion-descriptors"],
+            "sha256": file_sha256(models / "mg-test" / "feature_head.safetensors")}
+    register_model(models, _entry("mg-test", "mg-test/weights.safetensors",
+                                  file_sha256(models / "mg-test" / "weights.safetensors"), version="2.0.0",
+                                  threshold=0.4, modality="MG", extra={"feature_head": spec}))
+    image = _ellipse_lesion_image("MG", background=0.3, lesion=0.8)
+    pixels = image.pixels
+    analyzer = Analyzer(dataclasses.replace(load_config(), models_dir=str(models), threads=1, device="cpu"))
+    assert analyzer.classifier("MG").head_inputs == ("litemedsam", "lesion-descriptors")
+    (finding,) = analyzer.find_lesions(image, [(40, 35, 140, 110)])
+    embedding = LiteMedSAMSegmenter("cpu").embed(pixels)
+    row = np.concatenate([pooled_embedding(embedding, finding.mask), lesion_descriptors(pixels, finding.box)])[None]
+    clf = analyzer.classifier("MG")
+    cnn = MalignancyClassifier(clf.entry, clf._networks, clf.device).predict_boxes(
+        pixels, [finding.box], analyzer.roi_margin("MG"))
+    assert finding.p_malignant == pytest.approx(float(combine(cnn, head.predict(row))[0]), abs=1e-4)

@@ -41,3 +41,34 @@ def test_combination_is_the_logit_mean() -> None:
     np.testing.assert_allclose(combine(p, 1 - p), 0.5, atol=1e-6)           # opposite opinions cancel
     np.testing.assert_allclose(combine(np.array([0.2]), np.array([0.8])), combine(np.array([0.8]), np.array([0.2])))
     assert combine(np.array([0.0]), np.array([1.0]))[0] == pytest.approx(0.5)  # clipped, never nan
+
+
+def test_two_blocks_each_fit_alone_and_the_head_averages_their_logits(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    features, labels = _separable(rng)
+    extra = rng.normal(0, 1, (60, 53)).astype(np.float32)
+    extra[:, 0] += labels * 2.0
+    both = np.hstack([features, extra])
+    head = FeatureHead.fit(both, labels, C=(0.1, 1.0), blocks=(512, 53))
+    first, second = FeatureHead.fit(features, labels, C=0.1), FeatureHead.fit(extra, labels, C=1.0)
+
+    def logit(p):
+        return np.log(p / (1 - p))
+
+    expected = 1 / (1 + np.exp(-(logit(first.predict(features)) + logit(second.predict(extra))) / 2))
+    np.testing.assert_allclose(head.predict(both), expected, atol=1e-4)
+    head.save(tmp_path / "head.safetensors")
+    again = FeatureHead.load(tmp_path / "head.safetensors")
+    assert again.widths == (512, 53)
+    np.testing.assert_allclose(again.predict(both), head.predict(both), atol=1e-6)
+    with pytest.raises(ValueError, match="do not fit"):
+        FeatureHead.fit(both, labels, C=(0.1,), blocks=(512, 53))
+
+
+def test_head_inputs_are_named_and_litemedsam_comes_first() -> None:
+    from branet_pacs.models.feature_head import check_inputs, input_widths
+
+    assert input_widths(("litemedsam", "lesion-descriptors")) == (512, 53)
+    for wrong in (("lesion-descriptors",), ("litemedsam", "litemedsam"), ("litemedsam", "radiomics"), ()):
+        with pytest.raises(ValueError, match="feature head inputs"):
+            check_inputs(wrong)

@@ -314,10 +314,14 @@ def test_leave_one_site_out_scores_each_site_with_a_model_that_never_saw_it(tmp_
         trainer.leave_one_site_out([a], tmp_path / "one", settings)
 
 
-def _fake_features(roots, device="cpu"):
-    """Stands in for LiteMedSAM (tested on real images in test_lesion_features): features that carry the label."""
+def _fake_features(roots, device="cpu", inputs=("litemedsam",)):
+    """Stands in for LiteMedSAM and the descriptors (tested on real images in test_lesion_features and
+    test_lesion_descriptors): features that carry the label, as wide as the inputs' blocks."""
+    from branet_pacs.models.feature_head import input_widths
+
     labels = np.concatenate([trainer.load_roi_set(r).labels for r in roots])
-    features = np.random.default_rng(len(labels)).normal(0, 1, (len(labels), 512)).astype(np.float32)
+    width = sum(input_widths(inputs))
+    features = np.random.default_rng(len(labels)).normal(0, 1, (len(labels), width)).astype(np.float32)
     features += labels[:, None] * 1.0
     return features
 
@@ -337,9 +341,17 @@ def test_feature_head_is_fitted_on_the_same_folds_and_shipped_beside_the_cnn(tmp
     clf = MalignancyClassifier.load(tmp_path / "models", "US", device="cpu")
     assert clf.feature_head is not None and len(clf.weights_sha256) == 2
     assert "**Feature head.**" in (out / "MODEL_CARD.md").read_text()
-    # the head does not change the CNN's folds: the same run resumes without it (and with it again)
+    # the head does not change the CNN's folds: the same run resumes without it, and with a two-block head (the MG
+    # recipe: LiteMedSAM + lesion descriptors, a C each), which the manifest names and the classifier reads
     train_model([a], out, dataclasses.replace(settings, feature_head=False), resume=True, version="0.0.1",
                 register=False)
+    two = dataclasses.replace(settings, feature_head_inputs=("litemedsam", "lesion-descriptors"),
+                              feature_head_c=(0.003, 0.1))
+    doc = train_model([a], out, two, resume=True, version="0.0.2")
+    clf = MalignancyClassifier.load(tmp_path / "models", "US", device="cpu")
+    assert clf.version == "0.0.2" and clf.head_inputs == ("litemedsam", "lesion-descriptors")
+    assert clf.feature_head.widths == (512, 53) and doc["oof_parts"]["feature_head_only"]["roc_auc"] > 0.9
+    assert "hand-made descriptors" in (out / "MODEL_CARD.md").read_text()
 
 
 def test_leave_one_site_out_with_the_head_reports_each_part_and_registers_its_models(tmp_path: Path,

@@ -11,6 +11,8 @@ import pytest
 
 from branet_pacs.datasets.cases import load_gray
 from branet_pacs.datasets.rois import PrepareReport, load_roi_set, write_roi_dataset
+from branet_pacs.imaging import lesion_descriptors
+from branet_pacs.models.feature_head import lesion_feature_rows
 from branet_pacs.models.segmenter import LiteMedSAMSegmenter, pooled_embedding
 from branet_pacs.train import lesion_features
 
@@ -37,8 +39,17 @@ def test_features_follow_the_roi_order_and_are_cached(tmp_path: Path, monkeypatc
     (mask,) = segmenter.decode(embedding, [cases[0].lesions[0].box])
     np.testing.assert_allclose(features[0], pooled_embedding(embedding, mask), atol=1e-5)
 
+    # the MG head's second block: the lesion descriptors on the same box, and the pipeline builds the same row
+    both = lesion_features.head_features(rois, ("litemedsam", "lesion-descriptors"))
+    assert both.shape == (len(data), 512 + lesion_descriptors.COUNT)
+    row = lesion_feature_rows(("litemedsam", "lesion-descriptors"), image, embedding, [mask], [cases[0].lesions[0].box])
+    np.testing.assert_allclose(both[0], row[0], atol=1e-5)
+    assert (rois / lesion_features.DESCRIPTORS_CACHE_FILE).is_file()
+
     monkeypatch.setattr(LiteMedSAMSegmenter, "embed", lambda *a: pytest.fail("the cache was not used"))
+    monkeypatch.setattr(lesion_descriptors, "lesion_descriptors", lambda *a: pytest.fail("the cache was not used"))
     np.testing.assert_array_equal(lesion_features.folder_features(rois), features)
+    np.testing.assert_array_equal(lesion_features.head_features(rois, ("litemedsam", "lesion-descriptors")), both)
 
 
 def test_features_need_the_source_images(tmp_path: Path) -> None:
