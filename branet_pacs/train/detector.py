@@ -36,7 +36,8 @@ DEFAULTS = {
     "MG": {"size": 256, "epochs": 32, "crop": 128, "folds": 3, "repeats": 2},
 }
 SCORE_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-CACHE_VERSION = 2    # 2: groups from the dataset readers (identical BUSI images share one)
+CACHE_VERSION = 3    # 2: groups from the dataset readers (identical BUSI images share one); 3: MLO views lose
+#                       the pectoral muscle from the valid region
 
 
 @dataclass(frozen=True)
