@@ -12,16 +12,17 @@ from branet_pacs.datasets.busi import read_busi
 from branet_pacs.datasets.cbis_ddsm import DEFAULT_ASPECT, read_cbis_ddsm
 from branet_pacs.datasets.mias import read_mias
 from branet_pacs.datasets.rois import PrepareReport, write_roi_dataset
+from branet_pacs.imaging.roi import DEFAULT_WINDOW, WINDOWS
 
 log = logging.getLogger(__name__)
 
 
 def prepare(dataset: str, out: Path, *, src: Path | None = None, csv_path: Path | None = None,
-            images: Path | None = None, margin: float, include_normal: bool = False, min_radius: int = 0,
+            images: Path | None = None, margin: float, window: str = DEFAULT_WINDOW, include_normal: bool = False, min_radius: int = 0,
             aspect: float = DEFAULT_ASPECT, force: bool = False) -> PrepareReport:
     """Run one dataset reader and write the ROI dataset to `out`. Returns the report (also saved as JSON)."""
     root = Path(images if dataset == "boxes" else src).resolve()
-    report = PrepareReport(dataset, str(root), margin)
+    report = PrepareReport(dataset, str(root), margin, window)
     if dataset == "busi":
         cases = read_busi(root, include_normal)
     elif dataset == "bus-uclm":
@@ -53,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--margin", type=float, default=None,
                        help="ROI context margin as a fraction of the box (default: config segmentation.roi_margin)")
+        p.add_argument("--window", choices=WINDOWS, default=DEFAULT_WINDOW,
+                       help="ROI grey levels: roi = each crop stretched to its own 1st-99th percentiles; tissue = "
+                            "the image's breast-tissue percentiles (keeps a mass's density against the breast)")
         p.add_argument("--force", action="store_true", help="empty OUT first (only a folder prepare wrote)")
         p.set_defaults(func=run)
 
@@ -93,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     margin = _default_margin() if args.margin is None else args.margin
     report = prepare(args.dataset, args.out, src=getattr(args, "src", None), csv_path=getattr(args, "csv", None),
-                     images=getattr(args, "images", None), margin=margin,
+                     images=getattr(args, "images", None), margin=margin, window=args.window,
                      include_normal=getattr(args, "include_normal", False),
                      min_radius=getattr(args, "min_radius", 0), aspect=getattr(args, "aspect", DEFAULT_ASPECT),
                      force=args.force)
@@ -101,5 +105,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report.dataset}: {report.images} images -> ROIs: {summary}; skipped {len(report.skipped)}")
     for reason in report.skipped:
         print(f"  skipped: {reason}")
-    print(f"wrote {args.out}/manifest.csv (margin {margin})")
+    print(f"wrote {args.out}/manifest.csv (margin {margin}, window {args.window})")
     return 0

@@ -1,14 +1,15 @@
 """ROI datasets: what `branet prepare` writes from a dataset's cases, and what training and evaluation read.
 
 Layout (OUT):
-    OUT/<label>/<name>-<k>.png          128x128 8-bit ROI (`roi_to_uint8(extract_roi(image, box, margin))`)
+    OUT/<label>/<name>-<k>.png          128x128 8-bit ROI (`roi_to_uint8(extract_roi(image, box, margin, levels))`,
+                                        levels from the prepare's grey-level window)
     OUT/<label>/masks/<name>-<k>.png    the lesion's traced mask in the *source frame* (full image size), when the
                                         dataset has traced masks (BUSI); same file name as its ROI
     OUT/manifest.csv                    roi_file,source,label,group,box,site,tags  (box = "x0 y0 x1 y1", source
                                         frame, source relative to SRC; group = what must never be split across
                                         folds; site = the dataset / hospital; tags = the dataset's per-image
                                         flags, "name=value;...", e.g. BUS-UCLM calipers)
-    OUT/prepare.json                    dataset, source root, margin, counts and skipped entries
+    OUT/prepare.json                    dataset, source root, margin, window, counts and skipped entries
 
 ROIs are cut through the pipeline's one ROI code path (`imaging.roi.extract_roi`). Output is deterministic: cases
 are visited in the reader's order and PNGs are written without metadata. `branet evaluate` finds the source image
@@ -29,7 +30,15 @@ import numpy as np
 from PIL import Image
 
 from branet_pacs.datasets.cases import Case, load_gray
-from branet_pacs.imaging.roi import ROI_SIZE, extract_roi, roi_to_uint8, uint8_to_roi
+from branet_pacs.imaging.roi import (
+    DEFAULT_WINDOW,
+    ROI_SIZE,
+    Levels,
+    extract_roi,
+    roi_to_uint8,
+    uint8_to_roi,
+    window_levels,
+)
 from branet_pacs.types import Box
 
 MANIFEST = "manifest.csv"
@@ -45,13 +54,14 @@ class PrepareReport:
     dataset: str
     source_root: str
     margin: float
+    window: str = DEFAULT_WINDOW                            # ROI grey-level window (`imaging.roi.WINDOWS`)
     rois: Counter = field(default_factory=Counter)         # per label
     images: int = 0                                         # source images (cases) read
     skipped: list[str] = field(default_factory=list)        # human-readable reasons
 
     def as_dict(self) -> dict:
         return {"dataset": self.dataset, "source_root": self.source_root, "margin": self.margin,
-                "rois": dict(sorted(self.rois.items())), "images": self.images,
+                "window": self.window, "rois": dict(sorted(self.rois.items())), "images": self.images,
                 "skipped_count": len(self.skipped), "skipped": self.skipped}
 
 
@@ -143,12 +153,13 @@ def write_roi_dataset(cases: Iterable[Case], out: Path, report: PrepareReport, f
     cuts = _cuts(cases, report, normal_windows)
     _prepare_out(out, force)
     rows = []
-    cache: tuple[Path, np.ndarray] | None = None
+    cache: tuple[Path, np.ndarray, Levels | None] | None = None
     for cut in tqdm(cuts, desc="ROIs", unit="roi", leave=False):
         if cache is None or cache[0] != cut.source:
-            cache = (cut.source, load_gray(cut.source, cut.row_scale))
+            image = load_gray(cut.source, cut.row_scale)
+            cache = (cut.source, image, window_levels(image, report.window))
         roi_file = f"{cut.label}/{cut.name}.png"
-        _save_png(roi_to_uint8(extract_roi(cache[1], cut.box, report.margin)), out / roi_file)
+        _save_png(roi_to_uint8(extract_roi(cache[1], cut.box, report.margin, cache[2])), out / roi_file)
         if cut.mask is not None:
             _save_png(cut.mask.astype(np.uint8) * 255, out / cut.label / "masks" / f"{cut.name}.png")
         report.rois[cut.label] += 1

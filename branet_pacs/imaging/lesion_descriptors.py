@@ -17,6 +17,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 
+from branet_pacs.imaging.roi import tissue_levels
 from branet_pacs.types import Box
 
 NAME = "lesion-descriptors"
@@ -25,7 +26,6 @@ DESCRIPTION = ("hand-made lesion descriptors on the box's inscribed ellipse vs a
 CROP = 96           # the crop's side after resizing
 CONTEXT = 1.8       # crop side / the box's longer side
 RING = 1.5          # the ring: outside the ellipse, inside RING x the ellipse
-_TISSUE = 0.04      # pixels above this are breast tissue for the image's intensity scale (0 = background)
 _GLCM_LEVELS = 64
 _GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
 _LBP = ((8, 1), (16, 2))
@@ -35,9 +35,8 @@ COUNT = 9 + 6 + 2 * len(_GLCM_PROPS) + sum(p + 2 for p, _ in _LBP)
 
 def tissue_scale(pixels: np.ndarray) -> np.ndarray:
     """The image on its tissue's own 1st-99th percentile scale, clipped to [0, 1] (film and digital alike)."""
-    tissue = pixels[pixels > _TISSUE]
-    lo, hi = np.percentile(tissue if tissue.size > 1000 else pixels, (1, 99))
-    return ((pixels - lo) / max(float(hi - lo), 1e-6)).clip(0.0, 1.0).astype(np.float32)
+    lo, hi = tissue_levels(pixels)
+    return ((pixels - lo) / max(hi - lo, 1e-6)).clip(0.0, 1.0).astype(np.float32)
 
 
 def _square_crop(image: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:

@@ -1,9 +1,15 @@
 """The one ROI code path: pipeline, `branet prepare`, training and evaluation all cut ROIs here.
 
 A ROI is the lesion box widened by a context margin, made square around its centre (so the lesion keeps its
-aspect ratio), padded with black where it leaves the image, contrast-stretched to its own 1st-99th percentiles
-(so gain and dynamic-range differences between scanners matter less), resized to 128x128 and mapped to [-1, 1]
-(mean 0.5, std 0.5, as in the BraNet paper).
+aspect ratio), padded with black where it leaves the image, put on a grey-level window, resized to 128x128 and
+mapped to [-1, 1] (mean 0.5, std 0.5, as in the BraNet paper).
+
+The window (`WINDOWS`) is how the ROI's grey levels are set:
+- "roi": stretched to the crop's own 1st-99th percentiles (gain and dynamic-range differences between scanners
+  matter less; the default, and what the ultrasound models use);
+- "tissue": the whole image's breast-tissue 1st-99th percentiles (`tissue_levels`), so a mass keeps how dense it is
+  against the rest of the breast, which the crop's own stretch throws away (film and digital mammograms alike: the
+  window follows each image's own tissue, not fixed values).
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from branet_pacs.types import Box
 
 ROI_SIZE = 128
 DEFAULT_MARGIN = 0.15
+WINDOWS = ("roi", "tissue")
+DEFAULT_WINDOW = "roi"
+TISSUE_FLOOR = 0.04      # pixels above this are breast tissue for the "tissue" window (0 = background)
 
 
 def roi_window(box: Box, margin: float = DEFAULT_MARGIN) -> Box:
@@ -38,20 +47,39 @@ def crop_padded(image: np.ndarray, window: Box) -> np.ndarray:
     return out
 
 
-def stretch(crop: np.ndarray) -> np.ndarray:
-    """Map the crop's 1st-99th percentile range onto [0, 1]."""
-    lo, hi = np.percentile(crop, (1.0, 99.0))
+Levels = tuple[float, float]     # (low, high) grey levels mapped onto 0 and 1
+
+
+def tissue_levels(image: np.ndarray) -> Levels:
+    """The 1st-99th percentiles of the image's tissue (pixels above TISSUE_FLOOR; all pixels if there are few)."""
+    tissue = image[image > TISSUE_FLOOR]
+    lo, hi = np.percentile(tissue if tissue.size > 1000 else image, (1.0, 99.0))
+    return float(lo), float(hi)
+
+
+def window_levels(image: np.ndarray, window: str = DEFAULT_WINDOW) -> Levels | None:
+    """The levels every ROI of `image` shares under `window`; None for "roi" (each crop its own)."""
+    if window not in WINDOWS:
+        raise ValueError(f"unknown ROI window {window!r} (one of {', '.join(WINDOWS)})")
+    return tissue_levels(image) if window == "tissue" else None
+
+
+def stretch(crop: np.ndarray, levels: Levels | None = None) -> np.ndarray:
+    """Map `levels` (default: the crop's own 1st-99th percentiles) onto [0, 1], clipped."""
+    lo, hi = np.percentile(crop, (1.0, 99.0)) if levels is None else levels
     if hi - lo < 1e-6:
         return np.zeros_like(crop, dtype=np.float32)
     return np.clip((crop - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def extract_roi(image: np.ndarray, box: Box, margin: float = DEFAULT_MARGIN) -> np.ndarray:
-    """ROI tensor (128, 128) float32 in [-1, 1] for the lesion `box` on `image` (2-D, float in [0, 1])."""
+def extract_roi(image: np.ndarray, box: Box, margin: float = DEFAULT_MARGIN,
+                levels: Levels | None = None) -> np.ndarray:
+    """ROI tensor (128, 128) float32 in [-1, 1] for the lesion `box` on `image` (2-D, float in [0, 1]).
+    `levels`: the image's shared grey-level window (`window_levels`); None stretches the crop to its own."""
     if image.ndim != 2:
         raise ValueError(f"extract_roi expects a 2-D grayscale image, got shape {image.shape}")
     crop = crop_padded(image.astype(np.float32, copy=False), roi_window(box, margin))
-    small = resize(stretch(crop), (ROI_SIZE, ROI_SIZE), order=1, anti_aliasing=True, preserve_range=True)
+    small = resize(stretch(crop, levels), (ROI_SIZE, ROI_SIZE), order=1, anti_aliasing=True, preserve_range=True)
     return ((small.astype(np.float32) - 0.5) / 0.5).clip(-1.0, 1.0)
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import resnet18
 
-from branet_pacs.imaging.roi import extract_roi
+from branet_pacs.imaging.roi import DEFAULT_WINDOW, extract_roi, window_levels
 from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.models.feature_head import LITEMEDSAM, FeatureHead, check_inputs, combine
 from branet_pacs.models.manifest import ModelEntry, file_sha256, find_model, verified_weights_path
@@ -199,6 +199,11 @@ class MalignancyClassifier:
         return None if margin is None else float(margin)
 
     @property
+    def roi_window(self) -> str:
+        """The ROIs' grey-level window it was trained on (`imaging.roi.WINDOWS`; manifest input "window")."""
+        return str(self.entry.input.get("window", DEFAULT_WINDOW))
+
+    @property
     def margin_views(self) -> tuple[float, ...]:
         """ROI context margins whose predictions `predict_boxes` averages (manifest input "tta_margins").
 
@@ -215,7 +220,8 @@ class MalignancyClassifier:
         if not boxes:
             return np.zeros((0,), dtype=np.float32)
         margins = self.margin_views or (margin,)
-        rois = np.stack([extract_roi(image, box, m) for box in boxes for m in margins])
+        levels = window_levels(image, self.roi_window)
+        rois = np.stack([extract_roi(image, box, m, levels) for box in boxes for m in margins])
         p = self.predict(rois).reshape(len(boxes), len(margins)).mean(axis=1)
         return self.with_feature_head(p, features)
 

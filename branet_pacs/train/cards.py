@@ -67,6 +67,13 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def _window_text(data: dict) -> str:
+    if data.get("window") == "tissue":
+        return ("put on the whole image's breast-tissue 1st–99th percentiles (window \"tissue\": a mass keeps its "
+                "density against the breast)")
+    return "stretched to its own 1st–99th percentiles"
+
+
 def _views_text(settings: dict) -> str:
     views = settings.get("margin_views") or ()
     if not views:
@@ -147,8 +154,8 @@ Weights: `weights.safetensors` (fp16; largest probability change vs fp32 on 64 t
 {doc['final']['fp16_max_probability_change']:.2e}). Test-time augmentation (left-right flip): {'on' if st['tta'] else 'off'}.{_head_text(doc)}
 
 Input: a ROI made by `branet_pacs.imaging.roi.extract_roi` — the lesion box made square, widened by a margin of
-{data['margin']} of its side, padded with black outside the image, stretched to its own 1st–99th percentiles,
-resized to 128×128 and mapped to [-1, 1]. The pipeline cuts its ROIs with the same code and margin.{_views_text(st)}
+{data['margin']} of its side, padded with black outside the image, {_window_text(data)},
+resized to 128×128 and mapped to [-1, 1]. The pipeline cuts its ROIs with the same code, margin and window.{_views_text(st)}
 
 ## Data
 {_dataset_text(data['dataset'])}

@@ -44,6 +44,7 @@ from branet_pacs.datasets.folds import make_folds
 from branet_pacs.datasets.rois import RoiSet, load_roi_set, load_roi_sets, read_prepare_info
 from branet_pacs.evaluation import metrics as M
 from branet_pacs.evaluation import plots
+from branet_pacs.imaging.roi import DEFAULT_WINDOW
 from branet_pacs.models.classifier import MALIGNANT_CLASS, build_resnet18, load_classifier_networks, save_classifier
 from branet_pacs.models.feature_head import DEFAULT_C, LITEMEDSAM, FeatureHead, combine, input_widths
 from branet_pacs.models.feature_head import INPUTS as HEAD_INPUTS
@@ -370,12 +371,16 @@ def _dirs(data_dirs: DataDirs) -> list[Path]:
 
 
 def _data_info(dirs: list[Path]) -> dict:
-    """What the ROI folders' prepare.json files say (one margin for all: ROIs must match the pipeline's)."""
+    """What the ROI folders' prepare.json files say (one margin and window for all: ROIs must match the
+    pipeline's; folders from before windows were recorded were cut with the default)."""
     infos = [read_prepare_info(d) for d in dirs]
     margins = {info.get("margin") for info in infos}
     if len(margins) > 1:
         raise ValueError(f"the --data folders were cut with different ROI margins {sorted(map(str, margins))}")
-    return {"margin": margins.pop(), "dataset": "+".join(str(info.get("dataset", "unknown")) for info in infos),
+    windows = {info.get("window", DEFAULT_WINDOW) for info in infos}
+    if len(windows) > 1:
+        raise ValueError(f"the --data folders were cut with different ROI windows {sorted(windows)}")
+    return {"margin": margins.pop(), "window": windows.pop(), "dataset": "+".join(str(info.get("dataset", "unknown")) for info in infos),
             "dir": ", ".join(str(d) for d in dirs)}
 
 
@@ -531,7 +536,7 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
         "name": name, "modality": settings.modality.upper(), "version": version,
         "data": {"dir": data_info["dir"], "dataset": data_info["dataset"], "n": len(data),
                  "n_malignant": int(ys.sum()), "grouped": data.grouped, "n_groups": len(set(data.groups)),
-                 "margin": margin, "synthetic_dir": str(synthetic_dir) if synthetic_dir else None,
+                 "margin": margin, "window": data_info["window"], "synthetic_dir": str(synthetic_dir) if synthetic_dir else None,
                  "sites": sorted(set(data.sites))},
         "settings": dataclasses.asdict(settings),
         "precision": str(amp) if amp else "fp32",
@@ -574,15 +579,16 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
         entry = ModelEntry(
             name=name, kind="classifier", modality=settings.modality.upper(), version=version,
             file=f"{out.name}/{WEIGHTS_FILE}", sha256=file_sha256(weights_path), threshold=round(threshold, 6),
-            input=classifier_input_spec(margin, settings.margin_views), extra=extra)
+            input=classifier_input_spec(margin, settings.margin_views, data_info["window"]), extra=extra)
         register_model(out.parent, entry)
     return document, final_model, final_head
 
 
-def classifier_input_spec(margin: float, margin_views: Sequence[float] = ()) -> dict:
-    """The manifest's input block for a classifier trained on ROIs cut at `margin`."""
-    spec = {"size": 128, "channels": 1, "range": [-1.0, 1.0], "margin": margin,
-            "normalisation": "extract_roi: square box + margin, 1st-99th percentile stretch, (x - 0.5) / 0.5"}
+def classifier_input_spec(margin: float, margin_views: Sequence[float] = (), window: str = DEFAULT_WINDOW) -> dict:
+    """The manifest's input block for a classifier trained on ROIs cut at `margin` on grey-level `window`."""
+    levels = "the image's tissue 1st-99th percentiles" if window == "tissue" else "1st-99th percentile stretch"
+    spec = {"size": 128, "channels": 1, "range": [-1.0, 1.0], "margin": margin, "window": window,
+            "normalisation": f"extract_roi: square box + margin, {levels}, (x - 0.5) / 0.5"}
     if margin_views:
         spec["tta_margins"] = [float(m) for m in margin_views]
     return spec

@@ -47,3 +47,45 @@ def test_box_iou():
     assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
     assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+
+
+def _breast_with_mass(mass_level: float, gain: float = 1.0, offset: float = 0.0) -> np.ndarray:
+    """A 'breast' on a black background: fatty tissue around 0.25 where the round mass of `mass_level` sits, dense
+    glandular tissue around 0.75 beside it."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((300, 400), np.float32)
+    image[20:280, 0:250] = 0.25 + rng.normal(0, 0.03, (260, 250)).astype(np.float32)
+    image[20:280, 250:350] = 0.75 + rng.normal(0, 0.03, (260, 100)).astype(np.float32)
+    yy, xx = np.mgrid[:300, :400]
+    image[(yy - 150) ** 2 + (xx - 150) ** 2 < 30 ** 2] = mass_level
+    breast = image > 0
+    image[breast] = image[breast] * gain + offset
+    return image.clip(0.0, 1.0)
+
+
+def test_tissue_window_keeps_how_dense_a_mass_is_against_the_breast() -> None:
+    from branet_pacs.imaging.roi import window_levels
+
+    box = (120, 120, 180, 180)
+    faint, dense = _breast_with_mass(0.45), _breast_with_mass(0.8)
+    # each crop stretched to itself: both masses come out equally white
+    own = [extract_roi(image, box, 0.5)[54:74, 54:74].mean() for image in (faint, dense)]
+    assert abs(own[0] - own[1]) < 0.05
+    # on the image's tissue window the denser mass is brighter
+    tissue = [extract_roi(image, box, 0.5, window_levels(image, "tissue"))[54:74, 54:74].mean()
+              for image in (faint, dense)]
+    assert tissue[1] > tissue[0] + 0.3
+
+
+def test_tissue_window_follows_each_image_gain_and_offset() -> None:
+    from branet_pacs.imaging.roi import tissue_levels, window_levels
+
+    box = (120, 120, 180, 180)
+    plain, brighter = _breast_with_mass(0.5), _breast_with_mass(0.5, gain=1.1, offset=0.02)
+    lo, hi = tissue_levels(plain)
+    assert 0.15 < lo < 0.25 and 0.75 < hi < 0.9
+    rois = [extract_roi(image, box, 0.5, window_levels(image, "tissue")) for image in (plain, brighter)]
+    np.testing.assert_allclose(rois[0], rois[1], atol=0.02)
+    assert window_levels(plain, "roi") is None
+    with pytest.raises(ValueError, match="unknown ROI window"):
+        window_levels(plain, "fixed")

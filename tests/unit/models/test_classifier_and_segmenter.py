@@ -392,6 +392,31 @@ def test_classifier_margin_views_average_rois_cut_at_each_margin(tmp_path: Path)
     assert views.predict_boxes(image, [], margin=0.15).shape == (0,)
 
 
+def test_classifier_cuts_its_rois_on_the_window_it_was_trained_on(tmp_path: Path) -> None:
+    from branet_pacs.imaging.roi import extract_roi, tissue_levels
+
+    torch.manual_seed(3)
+    net = build_resnet18().eval()
+    models = tmp_path / "models"
+    for name, spec in (("mg-own", {"size": 128, "margin": 0.5}),
+                       ("mg-tissue", {"size": 128, "margin": 0.5, "window": "tissue"})):
+        weights = models / name / "weights.safetensors"
+        save_classifier(net, weights, half=False)
+        register_model(models, _entry(name, str(weights.relative_to(models)), file_sha256(weights), modality="MG",
+                                      version="2.0.0" if name == "mg-tissue" else "1.0.0", input=spec))
+    own = MalignancyClassifier.load(models, "MG", device="cpu", name="mg-own")
+    tissue = MalignancyClassifier.load(models, "MG", device="cpu", name="mg-tissue")
+    assert own.roi_window == "roi" and tissue.roi_window == "tissue"
+
+    image = np.random.default_rng(4).uniform(0.1, 0.6, size=(200, 300)).astype(np.float32)
+    image[80:100, 70:100] = 0.95
+    box = (60, 70, 110, 110)
+    expected = own.predict(extract_roi(image, box, 0.5, tissue_levels(image)))
+    np.testing.assert_allclose(tissue.predict_boxes(image, [box], margin=0.5), expected, atol=1e-6)
+    np.testing.assert_allclose(own.predict_boxes(image, [box], margin=0.5),
+                               own.predict(extract_roi(image, box, 0.5)), atol=1e-6)
+
+
 def _head_for(models: Path, name: str, rng: np.random.Generator):
     from branet_pacs.models.feature_head import FeatureHead
 

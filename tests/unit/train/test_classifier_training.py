@@ -92,6 +92,7 @@ def test_outputs_written_and_registered(trained: dict) -> None:
     assert entry.threshold == pytest.approx(doc["threshold"], abs=1e-6)
     assert entry.input["size"] == 128 and entry.version == "0.0.1"
     assert entry.input["tta_margins"] == [0.1, 0.15, 0.3]
+    assert entry.input["window"] == "roi"          # a folder without a recorded window was cut with the default
     classifier = MalignancyClassifier.load(out.parent, "US", device="cpu", name="toy-us")
     p = classifier.predict(load_roi_set(trained["data"]).as_float())
     assert p.shape == (12,) and np.all((p >= 0) & (p <= 1))
@@ -277,10 +278,24 @@ def test_init_from_one_of_our_classifiers_keeps_every_weight(tmp_path: Path) -> 
         assert torch.equal(state[key], value), key
 
 
-def _site(root: Path, site: str, n: int, seed: int) -> Path:
+def _site(root: Path, site: str, n: int, seed: int, window: str = "roi") -> Path:
     _toy_rois(root, n, seed=seed, with_manifest=True)
-    (root / "prepare.json").write_text(json.dumps({"dataset": site, "margin": 0.15}))
+    (root / "prepare.json").write_text(json.dumps({"dataset": site, "margin": 0.15, "window": window}))
     return root
+
+
+def test_the_rois_window_is_recorded_for_the_pipeline_and_never_mixed(tmp_path: Path) -> None:
+    tissue = _site(tmp_path / "t", "site-t", 4, seed=5, window="tissue")
+    own = _site(tmp_path / "o", "site-o", 4, seed=6)
+    settings = dataclasses.replace(SETTINGS, modality="mg", synthetic_ratio=0.0, epochs=1)
+    with pytest.raises(ValueError, match="different ROI windows"):
+        train_model([tissue, own], tmp_path / "models" / "mixed", settings, version="0.0.1", register=False)
+    out = tmp_path / "models" / "toy-mg"
+    train_model(tissue, out, settings, version="0.0.1")
+    entry = find_model(out.parent, "classifier", "MG", name="toy-mg")
+    assert entry.input["window"] == "tissue" and "tissue 1st-99th percentiles" in entry.input["normalisation"]
+    assert MalignancyClassifier.load(out.parent, "MG", device="cpu", name="toy-mg").roi_window == "tissue"
+    assert 'window "tissue"' in (out / "MODEL_CARD.md").read_text()
 
 
 def test_two_sites_pool_into_one_grouped_cv_with_per_site_figures(tmp_path: Path) -> None:
