@@ -12,7 +12,7 @@ from branet_pacs.datasets.busi import read_busi
 from branet_pacs.datasets.cbis_ddsm import DEFAULT_ASPECT, read_cbis_ddsm
 from branet_pacs.datasets.mias import read_mias
 from branet_pacs.datasets.rois import PrepareReport, write_roi_dataset
-from branet_pacs.imaging.roi import DEFAULT_WINDOW, WINDOWS
+from branet_pacs.imaging.roi import DEFAULT_WINDOW, WINDOW_DESCRIPTIONS, WINDOWS
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--margin", type=float, default=None,
                        help="ROI context margin as a fraction of the box (default: config segmentation.roi_margin)")
         p.add_argument("--window", choices=WINDOWS, default=DEFAULT_WINDOW,
-                       help="ROI grey levels: roi = each crop stretched to its own 1st-99th percentiles; tissue = "
-                            "the image's breast-tissue percentiles (keeps a mass's density against the breast)")
+                       help="ROI grey levels mapped onto [0, 1]: "
+                            + "; ".join(f"{name} = {text}" for name, text in WINDOW_DESCRIPTIONS.items()))
         p.add_argument("--force", action="store_true", help="empty OUT first (only a folder prepare wrote)")
         p.set_defaults(func=run)
 

@@ -21,7 +21,11 @@ from branet_pacs.types import Box
 
 ROI_SIZE = 128
 DEFAULT_MARGIN = 0.15
-WINDOWS = ("roi", "tissue")
+WINDOW_DESCRIPTIONS = {      # what each grey-level window maps onto [0, 1] (prepare's help, manifest, model card)
+    "roi": "each crop's own 1st-99th percentiles",
+    "tissue": "the whole image's breast-tissue 1st-99th percentiles (a mass keeps its density against the breast)",
+}
+WINDOWS = tuple(WINDOW_DESCRIPTIONS)
 DEFAULT_WINDOW = "roi"
 TISSUE_FLOOR = 0.04      # pixels above this are breast tissue for the "tissue" window (0 = background)
 

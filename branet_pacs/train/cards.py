@@ -10,6 +10,7 @@ import numpy as np
 
 from branet_pacs.datasets.readers import citation_of
 from branet_pacs.evaluation import metrics as M
+from branet_pacs.imaging.roi import DEFAULT_WINDOW, WINDOW_DESCRIPTIONS
 
 SEGMENTATION_REPORT = "proposals_litemedsam.json"   # written by `branet evaluate-proposals`, read into the card
 
@@ -68,10 +69,8 @@ def _fmt(value: float) -> str:
 
 
 def _window_text(data: dict) -> str:
-    if data.get("window") == "tissue":
-        return ("put on the whole image's breast-tissue 1st–99th percentiles (window \"tissue\": a mass keeps its "
-                "density against the breast)")
-    return "stretched to its own 1st–99th percentiles"
+    window = data.get("window", DEFAULT_WINDOW)
+    return f"put on {WINDOW_DESCRIPTIONS[window]} (window \"{window}\")"
 
 
 def _views_text(settings: dict) -> str:

@@ -44,7 +44,7 @@ from branet_pacs.datasets.folds import make_folds
 from branet_pacs.datasets.rois import RoiSet, load_roi_set, load_roi_sets, read_prepare_info
 from branet_pacs.evaluation import metrics as M
 from branet_pacs.evaluation import plots
-from branet_pacs.imaging.roi import DEFAULT_WINDOW
+from branet_pacs.imaging.roi import DEFAULT_WINDOW, WINDOW_DESCRIPTIONS
 from branet_pacs.models.classifier import MALIGNANT_CLASS, build_resnet18, load_classifier_networks, save_classifier
 from branet_pacs.models.feature_head import DEFAULT_C, LITEMEDSAM, FeatureHead, combine, input_widths
 from branet_pacs.models.feature_head import INPUTS as HEAD_INPUTS
@@ -586,9 +586,9 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
 
 def classifier_input_spec(margin: float, margin_views: Sequence[float] = (), window: str = DEFAULT_WINDOW) -> dict:
     """The manifest's input block for a classifier trained on ROIs cut at `margin` on grey-level `window`."""
-    levels = "the image's tissue 1st-99th percentiles" if window == "tissue" else "1st-99th percentile stretch"
     spec = {"size": 128, "channels": 1, "range": [-1.0, 1.0], "margin": margin, "window": window,
-            "normalisation": f"extract_roi: square box + margin, {levels}, (x - 0.5) / 0.5"}
+            "normalisation": f"extract_roi: square box + margin, {WINDOW_DESCRIPTIONS[window]} -> [0, 1], "
+                             "(x - 0.5) / 0.5"}
     if margin_views:
         spec["tta_margins"] = [float(m) for m in margin_views]
     return spec
