@@ -47,8 +47,8 @@ from branet_pacs.reanalysis.archive import (
 )
 from branet_pacs.reanalysis.archives import open_archive
 from branet_pacs.reanalysis.state import StateStore, StudyRow
-from branet_pacs.reanalysis.ray_engine import EngineUnavailable, check_reachable
-from branet_pacs.reanalysis.workers import StudyJob, StudyReport, open_pool
+from branet_pacs.reanalysis.ray_engine import EngineUnavailable, RayPool, check_reachable
+from branet_pacs.reanalysis.workers import StudyJob, StudyReport, WorkerPool
 from branet_pacs.types import StudyState, software_version
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,17 @@ class _Stop:
             raise KeyboardInterrupt
         self.requested = True
         tqdm.write("stopping: finishing the studies in flight (Ctrl-C again to stop at once)")
+
+
+def open_pool(engine: str, workers: int, config: Config, ray_address: str | None = None,
+              cpus_per_worker: int = 1) -> WorkerPool | RayPool:
+    """The analysis workers of one run: local processes (`workers.WorkerPool`) or Ray actors
+    (`ray_engine.RayPool`); both offer submit / next_report / describe / close / kill."""
+    if engine == "local":
+        return WorkerPool(workers, config)
+    if engine == "ray":
+        return RayPool(workers, config, ray_address, cpus_per_worker)
+    raise ValueError(f"unknown engine {engine!r} (local or ray)")
 
 
 class Reanalysis:

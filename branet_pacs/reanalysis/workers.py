@@ -99,18 +99,6 @@ def _worker_main(config: Config, tasks, results, parent: int) -> None:
         results.put(("done", os.getpid(), report))
 
 
-def open_pool(engine: str, workers: int, config: Config, ray_address: str | None = None,
-              cpus_per_worker: int = 1):
-    """The analysis workers of one run: local processes (`WorkerPool`) or Ray actors (`ray_engine.RayPool`);
-    both offer submit / next_report / describe / close / kill."""
-    if engine == "local":
-        return WorkerPool(workers, config)
-    if engine == "ray":
-        from branet_pacs.reanalysis.ray_engine import RayPool
-        return RayPool(workers, config, ray_address, cpus_per_worker)
-    raise ValueError(f"unknown engine {engine!r} (local or ray)")
-
-
 class WorkerPool:
     """N spawned worker processes fed through a queue; the driver bounds how many studies are in flight."""
 
