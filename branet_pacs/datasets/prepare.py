@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def prepare(dataset: str, out: Path, *, src: Path | None = None, csv_path: Path | None = None,
-            images: Path | None = None, margin: float, window: str = DEFAULT_WINDOW, include_normal: bool = False, min_radius: int = 0,
-            aspect: float = DEFAULT_ASPECT, force: bool = False) -> PrepareReport:
+            images: Path | None = None, margin: float, window: str = DEFAULT_WINDOW, include_normal: bool = False,
+            min_radius: int = 0, aspect: float = DEFAULT_ASPECT, force: bool = False) -> PrepareReport:
     """Run one dataset reader and write the ROI dataset to `out`. Returns the report (also saved as JSON)."""
     root = Path(images if dataset == "boxes" else src).resolve()
     report = PrepareReport(dataset, str(root), margin, window)

@@ -17,7 +17,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 
-from branet_pacs.imaging.roi import tissue_levels
+from branet_pacs.imaging.roi import stretch, tissue_levels
 from branet_pacs.types import Box
 
 NAME = "lesion-descriptors"
@@ -35,8 +35,7 @@ COUNT = 9 + 6 + 2 * len(_GLCM_PROPS) + sum(p + 2 for p, _ in _LBP)
 
 def tissue_scale(pixels: np.ndarray) -> np.ndarray:
     """The image on its tissue's own 1st-99th percentile scale, clipped to [0, 1] (film and digital alike)."""
-    lo, hi = tissue_levels(pixels)
-    return ((pixels - lo) / max(hi - lo, 1e-6)).clip(0.0, 1.0).astype(np.float32)
+    return stretch(pixels, tissue_levels(pixels))
 
 
 def _square_crop(image: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:

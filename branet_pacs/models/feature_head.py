@@ -116,12 +116,14 @@ class FeatureHead:
         return head
 
 
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) in float64, p clipped to [1e-6, 1 - 1e-6]."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 def combine(p_cnn: np.ndarray, p_head: np.ndarray) -> np.ndarray:
     """The mean of two probabilities in logit space (a product of experts with equal weight)."""
-    def logit(p: np.ndarray) -> np.ndarray:
-        p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
-        return np.log(p / (1 - p))
-
     return (1.0 / (1.0 + np.exp(-(logit(p_cnn) + logit(p_head)) / 2))).astype(np.float32)
 
 

@@ -374,13 +374,15 @@ def _data_info(dirs: list[Path]) -> dict:
     """What the ROI folders' prepare.json files say (one margin and window for all: ROIs must match the
     pipeline's; folders from before windows were recorded were cut with the default)."""
     infos = [read_prepare_info(d) for d in dirs]
-    margins = {info.get("margin") for info in infos}
-    if len(margins) > 1:
-        raise ValueError(f"the --data folders were cut with different ROI margins {sorted(map(str, margins))}")
-    windows = {info.get("window", DEFAULT_WINDOW) for info in infos}
-    if len(windows) > 1:
-        raise ValueError(f"the --data folders were cut with different ROI windows {sorted(windows)}")
-    return {"margin": margins.pop(), "window": windows.pop(), "dataset": "+".join(str(info.get("dataset", "unknown")) for info in infos),
+
+    def shared(key: str, default: object, what: str) -> object:
+        values = {info.get(key, default) for info in infos}
+        if len(values) > 1:
+            raise ValueError(f"the --data folders were cut with different ROI {what} {sorted(map(str, values))}")
+        return values.pop()
+
+    return {"margin": shared("margin", None, "margins"), "window": shared("window", DEFAULT_WINDOW, "windows"),
+            "dataset": "+".join(str(info.get("dataset", "unknown")) for info in infos),
             "dir": ", ".join(str(d) for d in dirs)}
 
 
@@ -536,7 +538,8 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
         "name": name, "modality": settings.modality.upper(), "version": version,
         "data": {"dir": data_info["dir"], "dataset": data_info["dataset"], "n": len(data),
                  "n_malignant": int(ys.sum()), "grouped": data.grouped, "n_groups": len(set(data.groups)),
-                 "margin": margin, "window": data_info["window"], "synthetic_dir": str(synthetic_dir) if synthetic_dir else None,
+                 "margin": margin, "window": data_info["window"],
+                 "synthetic_dir": str(synthetic_dir) if synthetic_dir else None,
                  "sites": sorted(set(data.sites))},
         "settings": dataclasses.asdict(settings),
         "precision": str(amp) if amp else "fp32",

@@ -15,17 +15,12 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from branet_pacs.datasets.rois import list_roi_files
-from branet_pacs.models.feature_head import FeatureHead, input_widths
+from branet_pacs.models.feature_head import FeatureHead, input_widths, logit
 from branet_pacs.train.lesion_features import head_features
 
 INPUTS = ("litemedsam", "lesion-descriptors")
 C = (0.003, 0.1)
 WEIGHTS = np.round(np.arange(0.0, 1.01, 0.1), 2)
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 def cnn_out_of_fold(run: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
