@@ -213,7 +213,7 @@ class Analyzer:
                                   f"(x0, y0, x1, y1 of the {image.frame_shape[1]}x{image.frame_shape[0]} frame)")
         lap("propose")
         boxes = [p.box for p in prompts]
-        segmenter, embedding = self.segmenter(), None
+        segmenter, encoder, embedding = self.segmenter(), None, None
         if boxes and classifier.feature_head is not None:   # the head reads LiteMedSAM's embedding of the image
             encoder = self.lesion_encoder()
             embedding = encoder.embed(image.pixels)
@@ -224,8 +224,8 @@ class Analyzer:
         kept = distinct_lesions(image, prompts, masks)
         margin = self.roi_margin(image.modality)
         features = None
-        if embedding is not None and kept:
-            features = lesion_feature_rows(classifier.head_inputs, image.pixels, embedding,
+        if encoder is not None and embedding is not None and kept:
+            features = lesion_feature_rows(classifier.head_inputs, image.pixels, encoder, embedding,
                                            [mask for _, mask, _ in kept], [box for _, _, box in kept])
         probabilities = classifier.predict_boxes(image.pixels, [box for _, _, box in kept], margin, features)
         lap("classify")

@@ -26,6 +26,18 @@ def box_ellipse_mask(shape: tuple[int, int], box: Box) -> np.ndarray:
     return rows[:, None] ** 2 + cols[None, :] ** 2 <= 1.0
 
 
+def square_crop(image: np.ndarray, cx: float, cy: float, side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The `side` x `side` square of a 2-D image centred on (cx, cy), zeros where it leaves the image, and its
+    top-left corner (x, y) in image coordinates (subtract it from a box to move the box into the crop)."""
+    h, w = image.shape
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    out = np.zeros((side, side), image.dtype)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out, (x0, y0)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     labels = measure.label(mask, connectivity=2)
     if labels.max() <= 1:

@@ -17,6 +17,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 
+from branet_pacs.imaging.geometry import square_crop
 from branet_pacs.imaging.roi import stretch, tissue_levels
 from branet_pacs.types import Box
 
@@ -40,14 +41,8 @@ def tissue_scale(pixels: np.ndarray) -> np.ndarray:
 
 def _square_crop(image: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
     """The square of `side` pixels centred on (cx, cy), black outside the image, resized to CROP x CROP."""
-    h, w = image.shape
-    s = max(int(round(side)), 8)
-    x0, y0 = int(round(cx - s / 2)), int(round(cy - s / 2))
-    out = np.zeros((s, s), np.float32)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + s, w), min(y0 + s, h)
-    if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    return np.asarray(Image.fromarray(out).resize((CROP, CROP), Image.BILINEAR), np.float32)
+    crop, _ = square_crop(image.astype(np.float32, copy=False), cx, cy, max(int(round(side)), 8))
+    return np.asarray(Image.fromarray(crop).resize((CROP, CROP), Image.BILINEAR), np.float32)
 
 
 def lesion_descriptors(pixels: np.ndarray, box: Box, scaled: np.ndarray | None = None) -> np.ndarray:

@@ -6,9 +6,11 @@ lesions about as well as the CNN at another hospital and makes different mistake
 the mean of the two in logit space (`combine`). Measured in docs/pipeline-eval/README.md ("Two ultrasound sites").
 
 What the head reads is named by its inputs (manifest extra feature_head "inputs", in this order): "litemedsam"
-(the pooled embedding, 512) and, for mammography, "lesion-descriptors" (`imaging.lesion_descriptors`, 53 hand-made
-numbers on the lesion box: density against its surround, edge, spicules, texture), one regression block each.
-`lesion_feature_rows` computes them for the pipeline and for training alike.
+(the pooled embedding, 512) and, optionally, "litemedsam-crop" (the same pooling with LiteMedSAM encoding a crop
+around the lesion: the lesion at ~5x the resolution on a mammogram, one more encoder pass per lesion) and
+"lesion-descriptors" (`imaging.lesion_descriptors`, 53 hand-made numbers on the lesion box: density against its
+surround, edge, spicules, texture), one regression block each. `lesion_feature_rows` computes them for the pipeline
+and for training alike.
 
 Stored as safetensors (no pickle): the standardisation (`mean`, `scale`) and the linear blocks (`coef`, `intercept`,
 `blocks`).
@@ -28,11 +30,16 @@ from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.types import Box
 
 if TYPE_CHECKING:
-    from branet_pacs.models.segmenter import LiteMedSAMEmbedding
+    from branet_pacs.models.segmenter import LiteMedSAMEmbedding, LiteMedSAMSegmenter
 
 LITEMEDSAM = "litemedsam"
+LITEMEDSAM_CROP = "litemedsam-crop"
 FEATURES = "LiteMedSAM image embedding, mean inside the lesion mask and in a ring around it (512)"
-INPUTS = {LITEMEDSAM: FEATURES, lesion_descriptors.NAME: lesion_descriptors.DESCRIPTION}
+INPUTS = {LITEMEDSAM: FEATURES,
+          LITEMEDSAM_CROP: "LiteMedSAM embedding of a square crop around the lesion (2.5x its box), mean inside its "
+                           "mask and in a ring around it (512)",
+          lesion_descriptors.NAME: lesion_descriptors.DESCRIPTION}
+WIDTHS = {LITEMEDSAM: 512, LITEMEDSAM_CROP: 512, lesion_descriptors.NAME: lesion_descriptors.COUNT}
 DEFAULT_C = 0.003   # inverse L2 strength; chosen across sites (research/us_sites/sam_head_loso.py)
 
 
@@ -132,23 +139,30 @@ def check_inputs(inputs: Sequence[str]) -> tuple[str, ...]:
     inputs = tuple(inputs)
     unknown = [name for name in inputs if name not in INPUTS]
     if unknown or not inputs or inputs[0] != LITEMEDSAM or len(set(inputs)) != len(inputs):
-        raise ValueError(f"feature head inputs {list(inputs)}: use {LITEMEDSAM!r}, optionally followed by "
-                         f"{lesion_descriptors.NAME!r}")
+        raise ValueError(f"feature head inputs {list(inputs)}: use {LITEMEDSAM!r}, optionally followed by any of "
+                         f"{', '.join(repr(name) for name in INPUTS if name != LITEMEDSAM)}")
     return inputs
 
 
-def lesion_feature_rows(inputs: Sequence[str], pixels: np.ndarray, embedding: "LiteMedSAMEmbedding",
-                        masks: Sequence[np.ndarray], boxes: Sequence[Box]) -> np.ndarray:
-    """(n, d) float32: the head's input row for each lesion (mask and box on the [0, 1] image `pixels`)."""
-    from branet_pacs.models.segmenter import pooled_embedding
+def lesion_feature_rows(inputs: Sequence[str], pixels: np.ndarray, encoder: "LiteMedSAMSegmenter",
+                        embedding: "LiteMedSAMEmbedding", masks: Sequence[np.ndarray],
+                        boxes: Sequence[Box]) -> np.ndarray:
+    """(n, d) float32: the head's input row for each lesion (mask and box on the [0, 1] image `pixels`, whose
+    LiteMedSAM `embedding` the `encoder` made)."""
+    from branet_pacs.models.segmenter import lesion_crop_embedding, pooled_embedding
 
-    parts = [np.stack([pooled_embedding(embedding, mask) for mask in masks])]
-    if lesion_descriptors.NAME in check_inputs(inputs):
-        scaled = lesion_descriptors.tissue_scale(pixels)
-        parts.append(np.stack([lesion_descriptors.lesion_descriptors(pixels, box, scaled) for box in boxes]))
+    parts = []
+    for name in check_inputs(inputs):
+        if name == LITEMEDSAM:
+            parts.append(np.stack([pooled_embedding(embedding, mask) for mask in masks]))
+        elif name == LITEMEDSAM_CROP:
+            parts.append(np.stack([lesion_crop_embedding(encoder, pixels, box) for box in boxes]))
+        else:
+            scaled = lesion_descriptors.tissue_scale(pixels)
+            parts.append(np.stack([lesion_descriptors.lesion_descriptors(pixels, box, scaled) for box in boxes]))
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def input_widths(inputs: Sequence[str]) -> tuple[int, ...]:
     """The block widths of a head reading `inputs`."""
-    return tuple(512 if name == LITEMEDSAM else lesion_descriptors.COUNT for name in check_inputs(inputs))
+    return tuple(WIDTHS[name] for name in check_inputs(inputs))

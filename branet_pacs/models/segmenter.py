@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from branet_pacs.config import SegmentationSettings
+from branet_pacs.imaging.geometry import square_crop
 from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.models.manifest import file_sha256
 from branet_pacs.models.onnx_engine import compiled_or_module
@@ -29,6 +30,7 @@ from branet_pacs.types import Box
 
 LITE_MEDSAM_SIZE = 256       # LiteMedSAM's input side
 DECODE_BATCH = 16            # boxes decoded together (the image embedding is shared)
+LESION_CROP_CONTEXT = 2.5    # `lesion_crop_embedding`: the crop's side / the lesion box's longer side
 
 
 @runtime_checkable
@@ -128,6 +130,24 @@ def pooled_embedding(embedding: LiteMedSAMEmbedding, mask: np.ndarray) -> np.nda
         weights = _on_feature_grid(embedding, region)
         parts.append((features * (weights / weights.sum().clamp(min=1e-6))).sum((1, 2)))
     return torch.cat(parts).float().cpu().numpy()
+
+
+def lesion_crop_embedding(segmenter: "LiteMedSAMSegmenter", image: np.ndarray, box: Box,
+                          context: float = LESION_CROP_CONTEXT) -> np.ndarray:
+    """(512,) float32: `pooled_embedding` with LiteMedSAM encoding a square crop around the lesion instead of the
+    whole image (`context` x the box's longer side, zeros outside the image), prompted with the box in the crop
+    (the box itself when the mask comes back empty). A whole mammogram reaches the encoder at 256 px, a 2 cm mass on
+    ~5x5 cells of its 64x64 feature grid; in the crop it spans ~25x25. One encoder pass per lesion."""
+    x0, y0, x1, y1 = box
+    side = max(int(round(max(x1 - x0, y1 - y0) * context)), 16)
+    crop, (left, top) = square_crop(image, (x0 + x1) / 2, (y0 + y1) / 2, side)
+    inner = (x0 - left, y0 - top, x1 - left, y1 - top)
+    embedding = segmenter.embed(crop)
+    (mask,) = segmenter.decode(embedding, [inner])
+    if not mask.any():
+        mask = np.zeros(crop.shape, dtype=bool)
+        mask[max(inner[1], 0):inner[3], max(inner[0], 0):inner[2]] = True
+    return pooled_embedding(embedding, mask)
 
 
 class _BoxDecoder(torch.nn.Module):

@@ -109,11 +109,17 @@ def _head_inputs_text(settings: dict) -> str:
     inputs = settings.get("feature_head_inputs", ["litemedsam"])
     text = ("LiteMedSAM's image embedding pooled inside the lesion mask and in a ring around it (512 numbers; the "
             "pipeline computes the embedding for segmentation anyway)")
+    extra = []
+    if "litemedsam-crop" in inputs:
+        extra.append("the same pooling with LiteMedSAM encoding a square crop around the lesion (2.5x its box; "
+                     "`models.segmenter.lesion_crop_embedding`, one more encoder pass per lesion)")
     if "lesion-descriptors" in inputs:
-        text += (", and, as a second block with its own regression (the head's logit is the blocks' mean), 53 "
-                 "hand-made descriptors on the lesion box (`branet_pacs.imaging.lesion_descriptors`: density against "
-                 "the surrounding tissue, edge sharpness, radial vs tangential gradient energy for spicules, GLCM and "
-                 "LBP texture, in a size-normalised crop)")
+        extra.append("53 hand-made descriptors on the lesion box (`branet_pacs.imaging.lesion_descriptors`: density "
+                     "against the surrounding tissue, edge sharpness, radial vs tangential gradient energy for "
+                     "spicules, GLCM and LBP texture, in a size-normalised crop)")
+    if extra:
+        text += (", and, each as a further block with its own regression (the head's logit is the blocks' mean), "
+                 + "; ".join(extra))
     return text
 
 

@@ -65,8 +65,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                         "ROIs' source images, cached in each ROI folder) and combine it with the CNN")
     p.add_argument("--head-inputs", default="litemedsam",
                    help="what the feature head reads, comma-separated, one regression block each: litemedsam "
-                        "(512 pooled embedding numbers), then optionally lesion-descriptors (53 hand-made numbers on "
-                        "the lesion box; the MG recipe)")
+                        "(512 pooled embedding numbers), then optionally litemedsam-crop (the same from LiteMedSAM "
+                        "encoding a crop around the lesion: one more encoder pass per lesion) and lesion-descriptors "
+                        "(53 hand-made numbers on the lesion box; the MG recipe)")
     p.add_argument("--head-c", default=None,
                    help="the head's inverse L2 strength, one for every block or one per block, e.g. 0.01,0.1 "
                         "(default 0.003)")

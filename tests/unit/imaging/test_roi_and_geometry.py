@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from branet_pacs.imaging.geometry import box_iou, mask_box, mask_outline
+from branet_pacs.imaging.geometry import box_iou, mask_box, mask_outline, square_crop
 from branet_pacs.imaging.roi import ROI_SIZE, extract_roi, roi_to_uint8, roi_window, uint8_to_roi
 
 
@@ -41,6 +41,17 @@ def test_mask_box_and_outline():
     assert np.array_equal(outline[0], outline[-1])
     assert outline[:, 0].min() >= 19 and outline[:, 0].max() <= 50
     assert outline[:, 1].min() >= 9 and outline[:, 1].max() <= 30
+
+
+def test_square_crop_is_centred_zero_padded_and_says_where_it_lies():
+    image = np.arange(1, 1 + 20 * 30, dtype=np.float32).reshape(20, 30)
+    crop, (left, top) = square_crop(image, 15.0, 10.0, 8)
+    assert crop.shape == (8, 8) and (left, top) == (11, 6)
+    np.testing.assert_array_equal(crop, image[6:14, 11:19])
+    corner, (left, top) = square_crop(image, 1.0, 2.0, 6)        # hangs over the top-left corner
+    assert (left, top) == (-2, -1)
+    np.testing.assert_array_equal(corner[1:, 2:], image[0:5, 0:4])
+    assert not corner[0].any() and not corner[:, :2].any()
 
 
 def test_box_iou():

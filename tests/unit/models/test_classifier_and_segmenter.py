@@ -499,9 +499,12 @@ def test_pipeline_feeds_litemedsam_features_of_each_lesion_to_the_head(tmp_path:
     assert analyzer.model_identity("US", automatic=False).weights_sha256 == (weights_sha, spec["sha256"])
 
 
-def test_pipeline_feeds_the_lesion_descriptors_too_when_the_head_reads_them(tmp_path: Path) -> None:
-    """The MG recipe's head (manifest inputs litemedsam + lesion-descriptors, one block each): the pipeline gives it
-    the pooled embedding and the descriptors of the finding's box, in that order."""
+@pytest.mark.parametrize("inputs", [("litemedsam", "lesion-descriptors"),
+                                    ("litemedsam", "litemedsam-crop", "lesion-descriptors")])
+def test_pipeline_feeds_the_lesion_descriptors_too_when_the_head_reads_them(tmp_path: Path, inputs) -> None:
+    """The MG recipes' heads (manifest inputs litemedsam [+ litemedsam-crop] + lesion-descriptors, one block each):
+    the pipeline gives it the pooled embedding [, the lesion crop's] and the descriptors of the finding's box, in that
+    order."""
     import dataclasses
 
     import pydicom
@@ -509,7 +512,8 @@ def test_pipeline_feeds_the_lesion_descriptors_too_when_the_head_reads_them(tmp_
     from branet_pacs.config import load_config
     from branet_pacs.imaging.lesion_descriptors import COUNT, lesion_descriptors
     from branet_pacs.models.feature_head import FeatureHead, combine
-    from branet_pacs.models.segmenter import LiteMedSAMSegmenter, pooled_embedding
+    from branet_pacs.models.feature_head import input_widths
+    from branet_pacs.models.segmenter import LiteMedSAMSegmenter, lesion_crop_embedding, pooled_embedding
     from branet_pacs.pipeline import Analyzer
     from branet_pacs.types import BreastImage
 
@@ -517,10 +521,11 @@ def test_pipeline_feeds_the_lesion_descriptors_too_when_the_head_reads_them(tmp_
     models = _models_dir_with_classifier(tmp_path, build_resnet18().eval(), modality="MG")
     rng = np.random.default_rng(12)
     labels = np.arange(40) % 2
-    head = FeatureHead.fit(rng.normal(0, 1, (40, 512 + COUNT)) + labels[:, None] * 0.5, labels, C=(0.1, 0.3),
-                           blocks=(512, COUNT))
+    widths = input_widths(inputs)
+    head = FeatureHead.fit(rng.normal(0, 1, (40, sum(widths))) + labels[:, None] * 0.5, labels,
+                           C=(0.1, 0.2, 0.3)[:len(widths)], blocks=widths)
     head.save(models / "mg-test" / "feature_head.safetensors")
-    spec = {"file": "mg-test/feature_head.safetensors", "inputs": ["litemedsam", "lesion-descriptors"],
+    spec = {"file": "mg-test/feature_head.safetensors", "inputs": list(inputs),
             "sha256": file_sha256(models / "mg-test" / "feature_head.safetensors")}
     register_model(models, _entry("mg-test", "mg-test/weights.safetensors",
                                   file_sha256(models / "mg-test" / "weights.safetensors"), version="2.0.0",
@@ -528,10 +533,13 @@ def test_pipeline_feeds_the_lesion_descriptors_too_when_the_head_reads_them(tmp_
     image = _ellipse_lesion_image("MG", background=0.3, lesion=0.8)
     pixels = image.pixels
     analyzer = Analyzer(dataclasses.replace(load_config(), models_dir=str(models), threads=1, device="cpu"))
-    assert analyzer.classifier("MG").head_inputs == ("litemedsam", "lesion-descriptors")
+    assert analyzer.classifier("MG").head_inputs == inputs
     (finding,) = analyzer.find_lesions(image, [(40, 35, 140, 110)])
-    embedding = LiteMedSAMSegmenter("cpu").embed(pixels)
-    row = np.concatenate([pooled_embedding(embedding, finding.mask), lesion_descriptors(pixels, finding.box)])[None]
+    segmenter = LiteMedSAMSegmenter("cpu")
+    embedding = segmenter.embed(pixels)
+    crop = [lesion_crop_embedding(segmenter, pixels, finding.box)] if "litemedsam-crop" in inputs else []
+    row = np.concatenate([pooled_embedding(embedding, finding.mask), *crop,
+                          lesion_descriptors(pixels, finding.box)])[None]
     clf = analyzer.classifier("MG")
     cnn = MalignancyClassifier(clf.entry, clf._networks, clf.device).predict_boxes(
         pixels, [finding.box], analyzer.roi_margin("MG"))

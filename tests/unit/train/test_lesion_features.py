@@ -42,14 +42,24 @@ def test_features_follow_the_roi_order_and_are_cached(tmp_path: Path, monkeypatc
     # the MG head's second block: the lesion descriptors on the same box, and the pipeline builds the same row
     both = lesion_features.head_features(rois, ("litemedsam", "lesion-descriptors"))
     assert both.shape == (len(data), 512 + lesion_descriptors.COUNT)
-    row = lesion_feature_rows(("litemedsam", "lesion-descriptors"), image, embedding, [mask], [cases[0].lesions[0].box])
+    row = lesion_feature_rows(("litemedsam", "lesion-descriptors"), image, segmenter, embedding, [mask],
+                              [cases[0].lesions[0].box])
     np.testing.assert_allclose(both[0], row[0], atol=1e-5)
     assert (rois / lesion_features.DESCRIPTORS_CACHE_FILE).is_file()
+
+    # the lesion-crop block: LiteMedSAM again, on a crop around the box, the same in training and in the pipeline
+    three = ("litemedsam", "litemedsam-crop", "lesion-descriptors")
+    all_three = lesion_features.head_features(rois, three)
+    assert all_three.shape == (len(data), 512 + 512 + lesion_descriptors.COUNT)
+    crop_row = lesion_feature_rows(three, image, segmenter, embedding, [mask], [cases[0].lesions[0].box])
+    np.testing.assert_allclose(all_three[0], crop_row[0], atol=1e-4)
+    assert not np.allclose(all_three[0, 512:1024], all_three[0, :512], atol=1e-2)   # it sees something else
 
     monkeypatch.setattr(LiteMedSAMSegmenter, "embed", lambda *a: pytest.fail("the cache was not used"))
     monkeypatch.setattr(lesion_descriptors, "lesion_descriptors", lambda *a: pytest.fail("the cache was not used"))
     np.testing.assert_array_equal(lesion_features.folder_features(rois), features)
     np.testing.assert_array_equal(lesion_features.head_features(rois, ("litemedsam", "lesion-descriptors")), both)
+    np.testing.assert_array_equal(lesion_features.head_features(rois, three), all_three)
 
 
 def test_features_need_the_source_images(tmp_path: Path) -> None:
