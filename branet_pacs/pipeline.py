@@ -24,7 +24,7 @@ from branet_pacs.dicom.cad_sr import build_mammography_cad_sr
 from branet_pacs.dicom.ingest import Source, ingest
 from branet_pacs.dicom.seg import build_seg
 from branet_pacs.dicom.sr import build_sr
-from branet_pacs.imaging.geometry import box_iou, mask_box, mask_outline
+from branet_pacs.imaging.geometry import box_iou, box_mask, mask_box, mask_outline
 from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.models.feature_head import lesion_feature_rows
 from branet_pacs.types import (
@@ -271,10 +271,7 @@ def distinct_lesions(image: BreastImage, prompts: Sequence[Prompt],
             mask &= image.breast_mask
         box = mask_box(mask)
         if box is None:
-            mask = np.zeros(image.pixels.shape, dtype=bool)
-            x0, y0, x1, y1 = prompt.box
-            mask[y0:y1, x0:x1] = True
-            box = prompt.box
+            mask, box = box_mask(image.pixels.shape, prompt.box), prompt.box
         if any(_mask_iou(mask, other) > DUPLICATE_MASK_IOU or box_iou(box, other_box) > DUPLICATE_BOX_IOU
                for _, other, other_box in kept):
             continue

@@ -26,6 +26,15 @@ def box_ellipse_mask(shape: tuple[int, int], box: Box) -> np.ndarray:
     return rows[:, None] ** 2 + cols[None, :] ** 2 <= 1.0
 
 
+def box_mask(shape: tuple[int, int], box: Box) -> np.ndarray:
+    """Bool mask of `shape` (rows, cols), True inside `box` (x0, y0, x1, y1, exclusive end) clipped to the image: the
+    stand-in lesion mask when a segmenter returns an empty one for its box."""
+    x0, y0, x1, y1 = (max(int(v), 0) for v in box)
+    mask = np.zeros(shape, dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
 def square_crop(image: np.ndarray, cx: float, cy: float, side: int) -> tuple[np.ndarray, tuple[int, int]]:
     """The `side` x `side` square of a 2-D image centred on (cx, cy), zeros where it leaves the image, and its
     top-left corner (x, y) in image coordinates (subtract it from a box to move the box into the crop)."""

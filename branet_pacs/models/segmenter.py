@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from branet_pacs.config import SegmentationSettings
-from branet_pacs.imaging.geometry import square_crop
+from branet_pacs.imaging.geometry import box_mask, square_crop
 from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.models.manifest import file_sha256
 from branet_pacs.models.onnx_engine import compiled_or_module
@@ -144,10 +144,7 @@ def lesion_crop_embedding(segmenter: "LiteMedSAMSegmenter", image: np.ndarray, b
     inner = (x0 - left, y0 - top, x1 - left, y1 - top)
     embedding = segmenter.embed(crop)
     (mask,) = segmenter.decode(embedding, [inner])
-    if not mask.any():
-        mask = np.zeros(crop.shape, dtype=bool)
-        mask[max(inner[1], 0):inner[3], max(inner[0], 0):inner[2]] = True
-    return pooled_embedding(embedding, mask)
+    return pooled_embedding(embedding, mask if mask.any() else box_mask(crop.shape, inner))
 
 
 class _BoxDecoder(torch.nn.Module):

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from branet_pacs.datasets.cases import load_gray
 from branet_pacs.datasets.rois import list_roi_files, parse_box, parse_tags, read_manifest, read_prepare_info
 from branet_pacs.imaging import lesion_descriptors
+from branet_pacs.imaging.geometry import box_mask
 from branet_pacs.models.feature_head import LITEMEDSAM, LITEMEDSAM_CROP, check_inputs
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,7 @@ def folder_features(root: str | Path, device: str = "cpu") -> np.ndarray:
             embedding = segmenter.embed(image)
             boxes = [parse_box(row["box"]) for _, row in rows]
             for (index, _), box, mask in zip(rows, boxes, segmenter.decode(embedding, boxes)):
-                if not mask.any():
-                    x0, y0, x1, y1 = box
-                    mask = np.zeros(image.shape, dtype=bool)
-                    mask[y0:y1, x0:x1] = True
-                features[index] = pooled_embedding(embedding, mask)
+                features[index] = pooled_embedding(embedding, mask if mask.any() else box_mask(image.shape, box))
         return features
 
     return _cached_per_roi(Path(root), CACHE_FILE, "litemedsam_sha256", _litemedsam_sha256(), compute)

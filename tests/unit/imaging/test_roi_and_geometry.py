@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from branet_pacs.imaging.geometry import box_iou, mask_box, mask_outline, square_crop
+from branet_pacs.imaging.geometry import box_iou, box_mask, mask_box, mask_outline, square_crop
 from branet_pacs.imaging.roi import ROI_SIZE, extract_roi, roi_to_uint8, roi_window, uint8_to_roi
 
 
@@ -52,6 +52,12 @@ def test_square_crop_is_centred_zero_padded_and_says_where_it_lies():
     assert (left, top) == (-2, -1)
     np.testing.assert_array_equal(corner[1:, 2:], image[0:5, 0:4])
     assert not corner[0].any() and not corner[:, :2].any()
+
+
+def test_box_mask_fills_the_box_clipped_to_the_image():
+    mask = box_mask((10, 12), (3, 2, 7, 5))
+    assert mask.sum() == 4 * 3 and mask_box(mask) == (3, 2, 7, 5)
+    assert mask_box(box_mask((10, 12), (-4, -1, 2, 30))) == (0, 0, 2, 10)
 
 
 def test_box_iou():
