@@ -165,8 +165,10 @@ def test_driver_killed_mid_run_resumes_from_the_state_file(archive, cluster, tmp
     assert reanalyze(archive, cluster, state, "--since", KILL_DRIVER_DATES[0], "--until", KILL_DRIVER_DATES[-1]) == 0
     summary = summary_of(state)
     assert (summary["listed"], summary["failed"]) == (len(KILL_DRIVER_DATES), 0)
-    assert summary["analysed"] == len(KILL_DRIVER_DATES) - done_before
-    assert summary["skipped"] == done_before
+    # the dead driver's 2 actors may finish the study each held and store its result before Ray removes them (seen
+    # under load): the resumed run then skips that study (its result is in the archive) rather than storing it twice
+    assert summary["analysed"] + summary["skipped"] == len(KILL_DRIVER_DATES)
+    assert done_before <= summary["skipped"] <= done_before + len(actors)
     for date in KILL_DRIVER_DATES:
         one_result_per_image(archive, archive.seeded[date])
 
