@@ -15,12 +15,12 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from branet_pacs.datasets.rois import list_roi_files
-from branet_pacs.models.feature_head import FeatureHead, input_widths, logit
+from branet_pacs.models.feature_head import input_widths, logit
 from branet_pacs.train.lesion_features import head_features
+from common import WEIGHTS, head_out_of_fold, nested_weight
 
 INPUTS = ("litemedsam", "lesion-descriptors")
 C = (0.003, 0.1)
-WEIGHTS = np.round(np.arange(0.0, 1.01, 0.1), 2)
 
 
 def cnn_out_of_fold(run: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -35,25 +35,6 @@ def cnn_out_of_fold(run: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray
     if np.isnan(p).any():
         raise SystemExit(f"{run}: {int(np.isnan(p).sum())} ROIs have no out-of-fold prediction")
     return logit(p), fold
-
-
-def head_out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    z = np.zeros(len(y))
-    for k in np.unique(fold):
-        head = FeatureHead.fit(x[fold != k], y[fold != k], C, input_widths(INPUTS))
-        z[fold == k] = logit(head.predict(x[fold == k]))
-    return z
-
-
-def nested_weight(cnn: np.ndarray, head: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, list]:
-    """Out-of-fold combined logit with w picked (max AUC) on the other folds; and the w picked per fold."""
-    out, picked = np.zeros(len(y)), []
-    for k in np.unique(fold):
-        rest = fold != k
-        w = max(WEIGHTS, key=lambda w: roc_auc_score(y[rest], w * cnn[rest] + (1 - w) * head[rest]))
-        out[~rest] = w * cnn[~rest] + (1 - w) * head[~rest]
-        picked.append(float(w))
-    return out, picked
 
 
 def report(name: str, z: np.ndarray, y: np.ndarray) -> None:
@@ -73,7 +54,7 @@ def main() -> None:
     if any((f != folds[0]).any() for f in folds):
         raise SystemExit("the runs do not share their folds (use the same --split-seed)")
     fold = folds[0]
-    head = head_out_of_fold(x, y, fold)
+    head = head_out_of_fold(x, input_widths(INPUTS), C, y, fold)
     print(f"{len(y)} ROIs, {y.sum()} malignant, folds {np.bincount(fold)[1:].tolist()}")
     report("head alone (two blocks)", head, y)
     candidates = {run.name: cnn for run, cnn in zip(args.runs, cnns)}

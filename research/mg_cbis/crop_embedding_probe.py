@@ -26,6 +26,7 @@ from branet_pacs.datasets.rois import load_roi_set
 from branet_pacs.models.feature_head import FeatureHead, logit
 from branet_pacs.models.runtime import configure_torch
 from branet_pacs.train.lesion_features import folder_crop_features, folder_descriptors, folder_features
+from common import breast_level, head_out_of_fold, nested_weight
 
 SHIPPED = Path("models/mg-resnet18")
 C_FILM, C_DESCRIPTORS = 0.003, 0.1
@@ -40,31 +41,11 @@ def shipped_oof(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def head_oof(blocks: list[np.ndarray], C: list[float], y: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    x, widths, z = np.concatenate(blocks, axis=1), [b.shape[1] for b in blocks], np.zeros(len(y))
-    for k in np.unique(fold):
-        head = FeatureHead.fit(x[fold != k], y[fold != k], C, widths)
-        z[fold == k] = logit(head.predict(x[fold == k]))
-    return z
+    return head_out_of_fold(np.concatenate(blocks, axis=1), [b.shape[1] for b in blocks], C, y, fold)
 
 
 def breast_auc(files: list[str], groups, y: np.ndarray, z: np.ndarray) -> float:
-    best: dict = {}
-    for f, g, t, v in zip(files, groups, y, z):
-        key = (g, "LEFT" if "_LEFT_" in f else "RIGHT", t)
-        best[key] = max(best.get(key, -np.inf), v)
-    return roc_auc_score([k[2] for k in best], list(best.values()))
-
-
-def nested_weight(cnn: np.ndarray, head: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, list]:
-    """Out-of-fold logit w cnn + (1 - w) head with w (0, 0.1, ..., 1) picked by AUC on the other folds."""
-    out, picked = np.zeros(len(y)), []
-    for k in np.unique(fold):
-        rest = fold != k
-        w = max(np.round(np.arange(0, 1.01, 0.1), 1),
-                key=lambda w: roc_auc_score(y[rest], w * cnn[rest] + (1 - w) * head[rest]))
-        out[~rest] = w * cnn[~rest] + (1 - w) * head[~rest]
-        picked.append(float(w))
-    return out, picked
+    return roc_auc_score(*breast_level(files, groups, y, z))
 
 
 def grouped_bootstrap(y, groups, a, b, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:

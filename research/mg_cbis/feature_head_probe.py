@@ -9,7 +9,6 @@ check (fit on all of CBIS-DDSM, score the mini-MIAS lesions: another digitiser a
 Features are cached in each folder (features-litemedsam.npz); the first run encodes every film (~1-1.5 s each).
 """
 import argparse
-from collections import defaultdict
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -21,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from branet_pacs.datasets.rois import load_roi_set
 from branet_pacs.models.runtime import configure_torch
 from branet_pacs.train.lesion_features import folder_features
+from common import breast_level
 
 
 def head(C: float):
@@ -33,16 +33,6 @@ def shipped_cnn(pixels: np.ndarray) -> np.ndarray:
 
     classifier = MalignancyClassifier.load("models", "MG", device="cpu")
     return classifier.predict(pixels.astype(np.float32) / 127.5 - 1.0)
-
-
-def breast_level(files, groups, labels, p):
-    """Max p over the ROIs of one patient's breast side (CC + MLO of one mass): (labels, p)."""
-    by_breast = defaultdict(list)
-    for f, g, y, q in zip(files, groups, labels, p):
-        side = "LEFT" if "_LEFT_" in f else "RIGHT" if "_RIGHT_" in f else f
-        by_breast[(g, side, y)].append(q)
-    keys = list(by_breast)
-    return np.array([k[2] for k in keys]), np.array([max(by_breast[k]) for k in keys])
 
 
 def main() -> None:

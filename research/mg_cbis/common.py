@@ -1,0 +1,41 @@
+"""Helpers the MG probes share: the feature head refitted per fold, a nested CNN weight, breast-level scores."""
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from branet_pacs.models.feature_head import FeatureHead, logit
+
+WEIGHTS = np.round(np.arange(0.0, 1.01, 0.1), 2)   # CNN weights w in logit = w cnn + (1 - w) head
+
+
+def head_out_of_fold(x: np.ndarray, widths: Sequence[int], C: Sequence[float], y: np.ndarray,
+                     fold: np.ndarray) -> np.ndarray:
+    """Out-of-fold logit of a block head (`FeatureHead.fit` with `widths` / `C`) refitted without each fold."""
+    z = np.zeros(len(y))
+    for k in np.unique(fold):
+        head = FeatureHead.fit(x[fold != k], y[fold != k], C, widths)
+        z[fold == k] = logit(head.predict(x[fold == k]))
+    return z
+
+
+def nested_weight(cnn: np.ndarray, head: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, list]:
+    """Out-of-fold combined logit with w picked (max AUC) on the other folds; and the w picked per fold."""
+    out, picked = np.zeros(len(y)), []
+    for k in np.unique(fold):
+        rest = fold != k
+        w = max(WEIGHTS, key=lambda w: roc_auc_score(y[rest], w * cnn[rest] + (1 - w) * head[rest]))
+        out[~rest] = w * cnn[~rest] + (1 - w) * head[~rest]
+        picked.append(float(w))
+    return out, picked
+
+
+def breast_level(files, groups, labels, p):
+    """Max p over the ROIs of one patient's breast side (CC + MLO of one mass): (labels, p)."""
+    by_breast = defaultdict(list)
+    for f, g, y, q in zip(files, groups, labels, p):
+        side = "LEFT" if "_LEFT_" in f else "RIGHT" if "_RIGHT_" in f else f
+        by_breast[(g, side, y)].append(q)
+    keys = list(by_breast)
+    return np.array([k[2] for k in keys]), np.array([max(by_breast[k]) for k in keys])
