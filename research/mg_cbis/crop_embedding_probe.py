@@ -9,7 +9,8 @@ embedding, with the crop embedding, and with both, each alone and combined with 
 check (fit on all of CBIS-DDSM, score mini-MIAS lesions).
 
 The shipped CNN's out-of-fold logit is recovered from oof_predictions.csv (the product's p = mean of the CNN and head
-logits): cnn = 2 logit(p) - head, with the shipped head refitted on the same training folds.
+logits): cnn = 2 logit(p) - head, with the shipped head (its inputs and C read from the model's metrics.json: 2.0.0
+film + descriptors, 2.1.0 film + crop + descriptors) refitted on the same training folds.
 
     python research/mg_cbis/crop_embedding_probe.py /work/rois/cbis-ddsm [--mias /work/rois/mias]
 
@@ -17,6 +18,7 @@ Crop features are cached per folder in features-litemedsam-crop.npz (~1 s per RO
 """
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,12 @@ def shipped_oof(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
         rows = {r["file"]: r for r in csv.DictReader(f)}
     return (np.array([float(rows[f]["p_malignant"]) for f in files]),
             np.array([int(rows[f]["fold"]) for f in files]))
+
+
+def shipped_head_recipe() -> tuple[list[str], list[float]]:
+    """The shipped model's head inputs and their C, as `branet train` recorded them."""
+    settings = json.loads((SHIPPED / "metrics.json").read_text())["settings"]
+    return list(settings["feature_head_inputs"]), [float(c) for c in settings["feature_head_c"]]
 
 
 def head_oof(blocks: list[np.ndarray], C: list[float], y: np.ndarray, fold: np.ndarray) -> np.ndarray:
@@ -80,7 +88,9 @@ def main() -> None:
     y, files, groups = rois.labels, list(rois.files), rois.groups
     film, desc, crop = folder_features(args.cbis), folder_descriptors(args.cbis), folder_crop_features(args.cbis)
     p_product, fold = shipped_oof(files)
-    shipped_head = head_oof([film, desc], [C_FILM, C_DESCRIPTORS], y, fold)
+    inputs, shipped_c = shipped_head_recipe()
+    blocks = {"litemedsam": film, "litemedsam-crop": crop, "lesion-descriptors": desc}
+    shipped_head = head_oof([blocks[name] for name in inputs], shipped_c, y, fold)
     cnn = 2 * logit(p_product) - shipped_head
     print(f"CBIS-DDSM {len(y)} ROIs, the shipped model's 5 grouped folds")
 
@@ -90,7 +100,7 @@ def main() -> None:
         print(line("  + shipped CNN", y, z2, fold, f"  breast {breast_auc(files, groups, y, z2):.3f}"))
 
     print(line("shipped CNN (recovered)", y, cnn, fold))
-    both("head film + descriptors (shipped)", shipped_head)
+    both(f"shipped head ({' + '.join(inputs)})", shipped_head)
     for c in args.c_crop:
         both(f"head crop (C {c})", head_oof([crop], [c], y, fold))
         both(f"head crop + descriptors (C {c}, 0.1)", head_oof([crop, desc], [c, C_DESCRIPTORS], y, fold))
