@@ -6,7 +6,8 @@ failed. `branet analyze`, the Orthanc worker and re-analysis all call it; `brane
 
 Automatic path (no box given): the modality's lesion detector proposes boxes on the whole image, the segmenter
 turns each box into a mask, and the mask's bounding box is cut into the classifier's ROI — the same box rule
-`branet prepare` uses on ground-truth masks, so training and inference see the same kind of ROI.
+`branet prepare` uses on ground-truth masks, so training and inference see the same kind of ROI. A classifier trained
+on annotated boxes instead of traced outlines (CBIS-DDSM) reads the prompt's box (`classifier_view`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from branet_pacs.dicom.cad_sr import build_mammography_cad_sr
 from branet_pacs.dicom.ingest import Source, ingest
 from branet_pacs.dicom.seg import build_seg
 from branet_pacs.dicom.sr import build_sr
-from branet_pacs.imaging.geometry import box_iou, box_mask, mask_box, mask_outline
+from branet_pacs.imaging.geometry import box_ellipse_mask, box_iou, box_mask, mask_box, mask_outline
 from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.models.feature_head import lesion_feature_rows
 from branet_pacs.types import (
@@ -222,16 +223,17 @@ class Analyzer:
             masks = segmenter.segment(image.pixels, boxes) if boxes else []
         lap("segment")
         kept = distinct_lesions(image, prompts, masks)
+        read = classifier_view(classifier.lesion_box, image, kept)
         margin = self.roi_margin(image.modality)
         features = None
         if encoder is not None and embedding is not None and kept:
             features = lesion_feature_rows(classifier.head_inputs, image.pixels, encoder, embedding,
-                                           [mask for _, mask, _ in kept], [box for _, _, box in kept])
-        probabilities = classifier.predict_boxes(image.pixels, [box for _, _, box in kept], margin, features)
+                                           [mask for mask, _ in read], [box for _, box in read])
+        probabilities = classifier.predict_boxes(image.pixels, [box for _, box in read], margin, features)
         lap("classify")
         return tuple(
-            _finding(index, image, prompt, mask, float(p), classifier.label(float(p)), margin)
-            for index, ((prompt, mask, _), p) in enumerate(zip(kept, probabilities), start=1))
+            _finding(index, image, prompt, mask, roi_box, float(p), classifier.label(float(p)), margin)
+            for index, ((prompt, mask, _), (_, roi_box), p) in enumerate(zip(kept, read, probabilities), start=1))
 
     def prompts(self, image: BreastImage, boxes: Sequence[Box] | None) -> list[Prompt]:
         """User boxes (source-frame coordinates) mapped into the image, or the detector's proposals."""
@@ -279,14 +281,25 @@ def distinct_lesions(image: BreastImage, prompts: Sequence[Prompt],
     return kept
 
 
+def classifier_view(lesion_box: str, image: BreastImage,
+                    kept: Sequence[tuple[Prompt, np.ndarray, Box]]) -> list[tuple[np.ndarray, Box]]:
+    """The mask and box the classifier reads of each finding: the segmenter's mask and its box, or, for a classifier
+    trained on annotated boxes (`lesion_box` "prompt", e.g. CBIS-DDSM), the prompt's box with its inscribed ellipse
+    as the mask — how its training ROIs and features were cut, and what the detector learned to draw. The SEG and
+    SR still carry the segmenter's mask."""
+    if lesion_box == "prompt":
+        return [(box_ellipse_mask(image.pixels.shape, prompt.box), prompt.box) for prompt, _, _ in kept]
+    return [(mask, box) for _, mask, box in kept]
+
+
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
-def _finding(index: int, image: BreastImage, prompt: Prompt, mask: np.ndarray, p_malignant: float, label: str,
-             roi_margin: float) -> Finding:
-    """Place an image-space mask into the source frame and describe it there."""
+def _finding(index: int, image: BreastImage, prompt: Prompt, mask: np.ndarray, roi_box: Box, p_malignant: float,
+             label: str, roi_margin: float) -> Finding:
+    """Place an image-space mask and ROI box into the source frame and describe them there."""
     rx0, ry0, _, _ = image.region
     frame_mask = np.zeros(image.frame_shape, dtype=bool)
     h, w = mask.shape
@@ -294,4 +307,5 @@ def _finding(index: int, image: BreastImage, prompt: Prompt, mask: np.ndarray, p
     box = mask_box(frame_mask)
     assert box is not None
     return Finding(index=index, box=box, mask=frame_mask, outline=mask_outline(frame_mask), p_malignant=p_malignant,
-                   label=label, roi_margin=roi_margin, proposal_score=prompt.score, prompt=prompt.kind)
+                   label=label, roi_margin=roi_margin, proposal_score=prompt.score, prompt=prompt.kind,
+                   roi_box=(roi_box[0] + rx0, roi_box[1] + ry0, roi_box[2] + rx0, roi_box[3] + ry0))

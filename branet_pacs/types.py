@@ -97,6 +97,7 @@ class Finding:
     roi_margin: float = 0.15          # context margin of the classifier's ROI window (thumbnails show that window)
     proposal_score: float = 1.0       # detector confidence (1.0 for user-given boxes)
     prompt: str = "auto"              # "auto" or "box"
+    roi_box: Box | None = None        # the box the classifier's ROI was cut around (None: `box`)
 
 
 def software_version(model_name: str, model_version: str) -> str:

@@ -31,6 +31,7 @@ from PIL import Image
 
 from branet_pacs.datasets.cases import Case, load_gray
 from branet_pacs.imaging.roi import (
+    DEFAULT_LESION_BOX,
     DEFAULT_WINDOW,
     ROI_SIZE,
     Levels,
@@ -55,13 +56,14 @@ class PrepareReport:
     source_root: str
     margin: float
     window: str = DEFAULT_WINDOW                            # ROI grey-level window (`imaging.roi.WINDOWS`)
+    lesion_box: str = DEFAULT_LESION_BOX                    # what the boxes are (`imaging.roi.LESION_BOXES`)
     rois: Counter = field(default_factory=Counter)         # per label
     images: int = 0                                         # source images (cases) read
     skipped: list[str] = field(default_factory=list)        # human-readable reasons
 
     def as_dict(self) -> dict:
         return {"dataset": self.dataset, "source_root": self.source_root, "margin": self.margin,
-                "window": self.window, "rois": dict(sorted(self.rois.items())), "images": self.images,
+                "window": self.window, "lesion_box": self.lesion_box, "rois": dict(sorted(self.rois.items())), "images": self.images,
                 "skipped_count": len(self.skipped), "skipped": self.skipped}
 
 
@@ -122,6 +124,8 @@ def _cuts(cases: Iterable[Case], report: PrepareReport, normal_windows: bool) ->
                 cuts.append(_Cut(case.path, f"{stem}-1", "normal", case.group, normal_window(case.path), **where))
             continue
         for k, lesion in enumerate(case.lesions, start=1):
+            if lesion.mask is None or not lesion.traced:   # a box annotated, not an outline's: so is the data's
+                report.lesion_box = "prompt"
             cuts.append(_Cut(case.path, f"{stem}-{k}", lesion.label, case.group, lesion.box,
                              lesion.mask if lesion.traced else None, row_scale=case.row_scale, **where))
     return cuts

@@ -27,6 +27,15 @@ WINDOW_DESCRIPTIONS = {      # what each grey-level window maps onto [0, 1] (pre
 }
 WINDOWS = tuple(WINDOW_DESCRIPTIONS)
 DEFAULT_WINDOW = "roi"
+# Which box of a finding a classifier reads, after what its training ROIs were cut on (prepare.json "lesion_box",
+# manifest input "lesion_box"): the automatic path should hand it the kind of box it learned from.
+LESION_BOX_DESCRIPTIONS = {
+    "mask": "the box of the lesion's traced outline; at inference the segmenter's mask box (BUSI, BUS-UCLM)",
+    "prompt": "the annotated box (no outline; its inscribed ellipse as the lesion mask); at inference the "
+              "detector's or the user's box, which the detector learned from the same annotations (CBIS-DDSM)",
+}
+LESION_BOXES = tuple(LESION_BOX_DESCRIPTIONS)
+DEFAULT_LESION_BOX = "mask"
 TISSUE_FLOOR = 0.04      # pixels above this are breast tissue for the "tissue" window (0 = background)
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import resnet18
 
-from branet_pacs.imaging.roi import DEFAULT_WINDOW, extract_roi, window_levels
+from branet_pacs.imaging.roi import DEFAULT_LESION_BOX, DEFAULT_WINDOW, LESION_BOXES, extract_roi, window_levels
 from branet_pacs.models.errors import ModelUnavailable
 from branet_pacs.models.feature_head import LITEMEDSAM, FeatureHead, check_inputs, combine
 from branet_pacs.models.manifest import ModelEntry, file_sha256, find_model, verified_weights_path
@@ -202,6 +202,16 @@ class MalignancyClassifier:
     def roi_window(self) -> str:
         """The ROIs' grey-level window it was trained on (`imaging.roi.WINDOWS`; manifest input "window")."""
         return str(self.entry.input.get("window", DEFAULT_WINDOW))
+
+    @property
+    def lesion_box(self) -> str:
+        """Which box of a finding it reads (`imaging.roi.LESION_BOXES`; manifest input "lesion_box"): the
+        segmenter's mask box ("mask") or the prompt's box ("prompt"), after what its training ROIs were cut on."""
+        kind = str(self.entry.input.get("lesion_box", DEFAULT_LESION_BOX))
+        if kind not in LESION_BOXES:
+            raise ModelUnavailable(f"classifier '{self.name}': unknown lesion_box {kind!r} in its manifest entry "
+                                   f"(one of {', '.join(LESION_BOXES)})")
+        return kind
 
     @property
     def margin_views(self) -> tuple[float, ...]:

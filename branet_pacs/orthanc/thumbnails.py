@@ -21,7 +21,7 @@ OUTLINE_COLOUR = (255, 64, 64)
 def render_thumbnail(image: BreastImage, finding: Finding, size: int = THUMBNAIL_SIZE) -> bytes:
     """PNG bytes: the ROI window around `finding` (grayscale, contrast-stretched) with its outline drawn."""
     rx0, ry0 = image.region[0], image.region[1]
-    x0, y0, x1, y1 = finding.box
+    x0, y0, x1, y1 = finding.roi_box or finding.box
     window = roi_window((x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0), finding.roi_margin)
     gray = stretch(crop_padded(image.pixels, window))
     side = gray.shape[0]

@@ -10,7 +10,7 @@ import numpy as np
 
 from branet_pacs.datasets.readers import citation_of
 from branet_pacs.evaluation import metrics as M
-from branet_pacs.imaging.roi import DEFAULT_WINDOW, WINDOW_DESCRIPTIONS
+from branet_pacs.imaging.roi import DEFAULT_LESION_BOX, DEFAULT_WINDOW, LESION_BOX_DESCRIPTIONS, WINDOW_DESCRIPTIONS
 
 SEGMENTATION_REPORT = "proposals_litemedsam.json"   # written by `branet evaluate-proposals`, read into the card
 
@@ -71,6 +71,11 @@ def _fmt(value: float) -> str:
 def _window_text(data: dict) -> str:
     window = data.get("window", DEFAULT_WINDOW)
     return f"put on {WINDOW_DESCRIPTIONS[window]} (window \"{window}\")"
+
+
+def _lesion_box_text(data: dict) -> str:
+    kind = data.get("lesion_box", DEFAULT_LESION_BOX)
+    return f"{LESION_BOX_DESCRIPTIONS[kind]} (lesion_box \"{kind}\")"
 
 
 def _views_text(settings: dict) -> str:
@@ -160,7 +165,8 @@ Weights: `weights.safetensors` (fp16; largest probability change vs fp32 on 64 t
 
 Input: a ROI made by `branet_pacs.imaging.roi.extract_roi` — the lesion box made square, widened by a margin of
 {data['margin']} of its side, padded with black outside the image, {_window_text(data)},
-resized to 128×128 and mapped to [-1, 1]. The pipeline cuts its ROIs with the same code, margin and window.{_views_text(st)}
+resized to 128×128 and mapped to [-1, 1]. The pipeline cuts its ROIs with the same code, margin and window,
+around {_lesion_box_text(data)}.{_views_text(st)}
 
 ## Data
 {_dataset_text(data['dataset'])}

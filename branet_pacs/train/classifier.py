@@ -44,7 +44,7 @@ from branet_pacs.datasets.folds import make_folds
 from branet_pacs.datasets.rois import RoiSet, load_roi_set, load_roi_sets, read_prepare_info
 from branet_pacs.evaluation import metrics as M
 from branet_pacs.evaluation import plots
-from branet_pacs.imaging.roi import DEFAULT_WINDOW, WINDOW_DESCRIPTIONS
+from branet_pacs.imaging.roi import DEFAULT_LESION_BOX, DEFAULT_WINDOW, WINDOW_DESCRIPTIONS
 from branet_pacs.models.classifier import MALIGNANT_CLASS, build_resnet18, load_classifier_networks, save_classifier
 from branet_pacs.models.feature_head import DEFAULT_C, LITEMEDSAM, FeatureHead, combine, input_widths
 from branet_pacs.models.feature_head import INPUTS as HEAD_INPUTS
@@ -382,6 +382,7 @@ def _data_info(dirs: list[Path]) -> dict:
         return values.pop()
 
     return {"margin": shared("margin", None, "margins"), "window": shared("window", DEFAULT_WINDOW, "windows"),
+            "lesion_box": shared("lesion_box", DEFAULT_LESION_BOX, "lesion boxes (traced outlines vs annotated boxes)"),
             "dataset": "+".join(str(info.get("dataset", "unknown")) for info in infos),
             "dir": ", ".join(str(d) for d in dirs)}
 
@@ -538,7 +539,7 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
         "name": name, "modality": settings.modality.upper(), "version": version,
         "data": {"dir": data_info["dir"], "dataset": data_info["dataset"], "n": len(data),
                  "n_malignant": int(ys.sum()), "grouped": data.grouped, "n_groups": len(set(data.groups)),
-                 "margin": margin, "window": data_info["window"],
+                 "margin": margin, "window": data_info["window"], "lesion_box": data_info["lesion_box"],
                  "synthetic_dir": str(synthetic_dir) if synthetic_dir else None,
                  "sites": sorted(set(data.sites))},
         "settings": dataclasses.asdict(settings),
@@ -582,14 +583,18 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
         entry = ModelEntry(
             name=name, kind="classifier", modality=settings.modality.upper(), version=version,
             file=f"{out.name}/{WEIGHTS_FILE}", sha256=file_sha256(weights_path), threshold=round(threshold, 6),
-            input=classifier_input_spec(margin, settings.margin_views, data_info["window"]), extra=extra)
+            input=classifier_input_spec(margin, settings.margin_views, data_info["window"], data_info["lesion_box"]),
+            extra=extra)
         register_model(out.parent, entry)
     return document, final_model, final_head
 
 
-def classifier_input_spec(margin: float, margin_views: Sequence[float] = (), window: str = DEFAULT_WINDOW) -> dict:
-    """The manifest's input block for a classifier trained on ROIs cut at `margin` on grey-level `window`."""
+def classifier_input_spec(margin: float, margin_views: Sequence[float] = (), window: str = DEFAULT_WINDOW,
+                          lesion_box: str = DEFAULT_LESION_BOX) -> dict:
+    """The manifest's input block for a classifier trained on ROIs cut at `margin` on grey-level `window` around
+    boxes of kind `lesion_box`."""
     spec = {"size": 128, "channels": 1, "range": [-1.0, 1.0], "margin": margin, "window": window,
+            "lesion_box": lesion_box,
             "normalisation": f"extract_roi: square box + margin, {WINDOW_DESCRIPTIONS[window]} -> [0, 1], "
                              "(x - 0.5) / 0.5"}
     if margin_views:

@@ -4,7 +4,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from branet_pacs.pipeline import Prompt, _finding, _frame_to_image, distinct_lesions
+from branet_pacs.imaging.geometry import mask_box
+from branet_pacs.pipeline import Prompt, _finding, _frame_to_image, classifier_view, distinct_lesions
 from branet_pacs.types import BreastImage
 
 
@@ -51,10 +52,24 @@ def test_finding_lives_in_source_frame_coordinates():
     image = image_in_frame(region=(100, 50, 300, 250), frame_shape=(400, 500))
     mask = np.zeros((200, 200), bool)
     mask[10:30, 20:60] = True
-    finding = _finding(1, image, Prompt((20, 10, 60, 30), 0.8, "auto"), mask, 0.7, "malignant", 0.3)
+    finding = _finding(1, image, Prompt((20, 10, 60, 30), 0.8, "auto"), mask, (18, 8, 62, 32), 0.7, "malignant",
+                       0.3)
     assert finding.mask.shape == (400, 500) and finding.roi_margin == 0.3
     assert finding.box == (120, 60, 160, 80)
+    assert finding.roi_box == (118, 58, 162, 82)
     assert finding.outline[:, 0].min() >= 119 and finding.outline[:, 1].max() <= 80
+
+
+def test_classifier_view_reads_the_mask_box_or_for_box_trained_models_the_prompt_box():
+    image = image_in_frame()
+    mask = np.zeros((200, 200), bool)
+    mask[22:30, 30:50] = True                    # the segmenter found a smaller lesion than the prompt's box
+    kept = [(Prompt((20, 10, 60, 40), 0.8, "auto"), mask, (30, 22, 50, 30))]
+    [(read_mask, box)] = classifier_view("mask", image, kept)
+    assert box == (30, 22, 50, 30) and read_mask is mask
+    [(read_mask, box)] = classifier_view("prompt", image, kept)
+    assert box == (20, 10, 60, 40)
+    assert mask_box(read_mask) == (20, 10, 60, 40) and not read_mask[10, 20]   # the inscribed ellipse, not the box
 
 
 class _FixedDetector:

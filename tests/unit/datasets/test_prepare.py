@@ -148,7 +148,8 @@ def test_boxes_csv_through_the_cli(tmp_path: Path) -> None:
         ("benign/sub_a-2.png", "benign", "30 10 50 40", "sub_a"),
         ("malignant/sub_a-1.png", "malignant", "5 5 25 30", "sub_a")]
     assert _read(out / rows[0]["roi_file"]).shape == (128, 128)
-    assert json.loads((out / "prepare.json").read_text())["window"] == "roi"
+    info = json.loads((out / "prepare.json").read_text())
+    assert info["window"] == "roi" and info["lesion_box"] == "prompt"     # annotated boxes, no outlines
 
 
 def test_tissue_window_cuts_every_roi_of_an_image_on_its_tissue_levels(busi: Path, tmp_path: Path) -> None:
@@ -156,7 +157,8 @@ def test_tissue_window_cuts_every_roi_of_an_image_on_its_tissue_levels(busi: Pat
 
     out = tmp_path / "out"
     prepare("busi", out, src=busi, margin=0.2, window="tissue")
-    assert json.loads((out / "prepare.json").read_text())["window"] == "tissue"
+    info = json.loads((out / "prepare.json").read_text())
+    assert info["window"] == "tissue" and info["lesion_box"] == "mask"    # BUSI's traced outlines
     image = load_gray(busi / "benign" / "benign (1).png")
     expected = roi_to_uint8(extract_roi(image, (80, 60, 110, 80), 0.2, tissue_levels(image)))
     assert np.array_equal(_read(out / "benign" / "benign (1)-2.png"), expected)

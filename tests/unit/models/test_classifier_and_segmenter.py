@@ -407,6 +407,7 @@ def test_classifier_cuts_its_rois_on_the_window_it_was_trained_on(tmp_path: Path
     own = MalignancyClassifier.load(models, "MG", device="cpu", name="mg-own")
     tissue = MalignancyClassifier.load(models, "MG", device="cpu", name="mg-tissue")
     assert own.roi_window == "roi" and tissue.roi_window == "tissue"
+    assert own.lesion_box == "mask"              # entries from before lesion boxes were recorded: outlines
 
     image = np.random.default_rng(4).uniform(0.1, 0.6, size=(200, 300)).astype(np.float32)
     image[80:100, 70:100] = 0.95

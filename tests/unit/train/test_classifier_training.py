@@ -278,24 +278,31 @@ def test_init_from_one_of_our_classifiers_keeps_every_weight(tmp_path: Path) -> 
         assert torch.equal(state[key], value), key
 
 
-def _site(root: Path, site: str, n: int, seed: int, window: str = "roi") -> Path:
+def _site(root: Path, site: str, n: int, seed: int, window: str = "roi", lesion_box: str = "mask") -> Path:
     _toy_rois(root, n, seed=seed, with_manifest=True)
-    (root / "prepare.json").write_text(json.dumps({"dataset": site, "margin": 0.15, "window": window}))
+    (root / "prepare.json").write_text(json.dumps({"dataset": site, "margin": 0.15, "window": window,
+                                                   "lesion_box": lesion_box}))
     return root
 
 
-def test_the_rois_window_is_recorded_for_the_pipeline_and_never_mixed(tmp_path: Path) -> None:
-    tissue = _site(tmp_path / "t", "site-t", 4, seed=5, window="tissue")
-    own = _site(tmp_path / "o", "site-o", 4, seed=6)
+@pytest.mark.parametrize("key, value, mixed, attribute", [
+    ("window", "tissue", "different ROI windows", "roi_window"),
+    ("lesion_box", "prompt", "different ROI lesion boxes", "lesion_box")])
+def test_how_the_rois_were_cut_is_recorded_for_the_pipeline_and_never_mixed(tmp_path: Path, key, value, mixed,
+                                                                           attribute) -> None:
+    chosen = _site(tmp_path / "c", "site-c", 4, seed=5, **{key: value})
+    default = _site(tmp_path / "d", "site-d", 4, seed=6)
     settings = dataclasses.replace(SETTINGS, modality="mg", synthetic_ratio=0.0, epochs=1)
-    with pytest.raises(ValueError, match="different ROI windows"):
-        train_model([tissue, own], tmp_path / "models" / "mixed", settings, version="0.0.1", register=False)
+    with pytest.raises(ValueError, match=mixed):
+        train_model([chosen, default], tmp_path / "models" / "mixed", settings, version="0.0.1", register=False)
     out = tmp_path / "models" / "toy-mg"
-    train_model(tissue, out, settings, version="0.0.1")
+    train_model(chosen, out, settings, version="0.0.1")
     entry = find_model(out.parent, "classifier", "MG", name="toy-mg")
-    assert entry.input["window"] == "tissue" and "tissue 1st-99th percentiles" in entry.input["normalisation"]
-    assert MalignancyClassifier.load(out.parent, "MG", device="cpu", name="toy-mg").roi_window == "tissue"
-    assert 'window "tissue"' in (out / "MODEL_CARD.md").read_text()
+    assert entry.input[key] == value
+    assert getattr(MalignancyClassifier.load(out.parent, "MG", device="cpu", name="toy-mg"), attribute) == value
+    assert f'{key} "{value}"' in (out / "MODEL_CARD.md").read_text()
+    if key == "window":
+        assert "tissue 1st-99th percentiles" in entry.input["normalisation"]
 
 
 def test_two_sites_pool_into_one_grouped_cv_with_per_site_figures(tmp_path: Path) -> None:
