@@ -63,8 +63,8 @@ class PrepareReport:
 
     def as_dict(self) -> dict:
         return {"dataset": self.dataset, "source_root": self.source_root, "margin": self.margin,
-                "window": self.window, "lesion_box": self.lesion_box, "rois": dict(sorted(self.rois.items())), "images": self.images,
-                "skipped_count": len(self.skipped), "skipped": self.skipped}
+                "window": self.window, "lesion_box": self.lesion_box, "rois": dict(sorted(self.rois.items())),
+                "images": self.images, "skipped_count": len(self.skipped), "skipped": self.skipped}
 
 
 @dataclass(frozen=True)
