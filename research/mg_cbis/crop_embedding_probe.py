@@ -28,7 +28,7 @@ from branet_pacs.datasets.rois import load_roi_set
 from branet_pacs.models.feature_head import FeatureHead, logit
 from branet_pacs.models.runtime import configure_torch
 from branet_pacs.train.lesion_features import folder_crop_features, folder_descriptors, folder_features
-from common import breast_level, head_out_of_fold, nested_weight
+from common import breast_level, grouped_bootstrap, head_out_of_fold, nested_weight
 
 SHIPPED = Path("models/mg-resnet18")
 C_FILM, C_DESCRIPTORS = 0.003, 0.1
@@ -54,19 +54,6 @@ def head_oof(blocks: list[np.ndarray], C: list[float], y: np.ndarray, fold: np.n
 
 def breast_auc(files: list[str], groups, y: np.ndarray, z: np.ndarray) -> float:
     return roc_auc_score(*breast_level(files, groups, y, z))
-
-
-def grouped_bootstrap(y, groups, a, b, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """AUC(a) - AUC(b) on the same ROIs: 2.5 %, observed, 97.5 % over patient resamples."""
-    rng, patients = np.random.default_rng(seed), np.unique(groups)
-    rows = {g: np.flatnonzero(groups == g) for g in patients}
-    diffs = []
-    for _ in range(n):
-        idx = np.concatenate([rows[g] for g in rng.choice(patients, len(patients))])
-        if len(set(y[idx])) == 2:
-            diffs.append(roc_auc_score(y[idx], a[idx]) - roc_auc_score(y[idx], b[idx]))
-    low, high = np.percentile(diffs, (2.5, 97.5))
-    return float(low), roc_auc_score(y, a) - roc_auc_score(y, b), float(high)
 
 
 def line(name: str, y: np.ndarray, z: np.ndarray, fold=None, extra: str = "") -> str:

@@ -23,11 +23,13 @@ from tqdm import tqdm
 
 from branet_pacs.config import load_config
 from branet_pacs.evaluation.images import OutOfFoldModels, breast_image, read_cases
-from branet_pacs.imaging.geometry import box_ellipse_mask, box_iou, mask_box
+from branet_pacs.imaging.geometry import box_iou, mask_box
 from branet_pacs.models.feature_head import lesion_feature_rows
-from branet_pacs.pipeline import Analyzer, distinct_lesions
+from branet_pacs.pipeline import Analyzer, classifier_view, distinct_lesions
+from common import grouped_bootstrap
 
 SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
+BOX_SOURCES = {"mask": "mask", "proposal": "prompt"}   # report name -> the pipeline's lesion_box
 
 
 def scaled(box, s):
@@ -45,15 +47,15 @@ def score_film(analyzer: Analyzer, image, margin: float) -> list[dict]:
     embedding = encoder.embed(image.pixels)
     kept = distinct_lesions(image, prompts, encoder.decode(embedding, [p.box for p in prompts]))
     rows = []
-    for prompt, mask, box in kept:
-        proposal = tuple(int(round(v)) for v in prompt.box)
-        ellipse = box_ellipse_mask(image.pixels.shape, proposal)
-        p = {}
-        for source, (m, b) in {"mask": (mask, box), "proposal": (ellipse, proposal)}.items():
-            features = lesion_feature_rows(classifier.head_inputs, image.pixels, encoder, embedding, [m], [b])
-            p[source] = float(classifier.predict_boxes(image.pixels, [b], margin, features)[0])
-        rows.append({"score": prompt.score, "mask_box": box, "proposal_box": proposal,
-                     "p_mask": p["mask"], "p_proposal": p["proposal"]})
+    views = {source: classifier_view(lesion_box, image, kept) for source, lesion_box in BOX_SOURCES.items()}
+    for index, (prompt, _, _) in enumerate(kept):
+        row = {"score": prompt.score}
+        for source, view in views.items():
+            mask, box = view[index]
+            features = lesion_feature_rows(classifier.head_inputs, image.pixels, encoder, embedding, [mask], [box])
+            row[f"{source}_box"] = box
+            row[f"p_{source}"] = float(classifier.predict_boxes(image.pixels, [box], margin, features)[0])
+        rows.append(row)
     return rows
 
 
@@ -68,19 +70,6 @@ def summary(films: list[dict], source: str) -> dict:
     return {"auc": float(roc_auc_score(y, top[3])), "auc_top1": float(roc_auc_score(y, top[1])),
             "auc_top2": float(roc_auc_score(y, top[2])), "hit_iou30": float((iou >= 0.3).mean()),
             "hit_iou50": float((iou >= 0.5).mean()), "p": top[3]}
-
-
-def bootstrap_difference(films, a, b, rounds=2000, seed=0):
-    rng = np.random.default_rng(seed)
-    groups = sorted({f["group"] for f in films})
-    index_of = {g: [i for i, f in enumerate(films) if f["group"] == g] for g in groups}
-    y = np.array([f["malignant"] for f in films])
-    diffs = []
-    for _ in range(rounds):
-        take = np.concatenate([index_of[g] for g in rng.choice(groups, len(groups))])
-        if 0 < y[take].sum() < len(take):
-            diffs.append(roc_auc_score(y[take], b[take]) - roc_auc_score(y[take], a[take]))
-    return [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
 
 
 def main() -> None:
@@ -105,13 +94,15 @@ def main() -> None:
         films.append({"name": case.name, "group": case.group, "malignant": case.category == "malignant",
                       "truth": [mask_box(lesion.mask) for lesion in case.lesions],
                       "findings": score_film(analyzer, breast_image(case, modality), margin)})
-    report = {source: summary(films, source) for source in ("mask", "proposal")}
-    report["proposal_minus_mask_auc_ci95"] = bootstrap_difference(films, report["mask"]["p"], report["proposal"]["p"])
+    report = {source: summary(films, source) for source in BOX_SOURCES}
+    low, _, high = grouped_bootstrap(np.array([f["malignant"] for f in films]), np.array([f["group"] for f in films]),
+                                     report["proposal"]["p"], report["mask"]["p"], n=2000)
+    report["proposal_minus_mask_auc_ci95"] = [low, high]
     report["proposal_scaled_hits"] = {
         str(s): [float(np.mean([max((box_iou(scaled(r["proposal_box"], s), t) for r in f["findings"]
                                      for t in f["truth"]), default=0.0) >= level for f in films]))
                  for level in (0.3, 0.5)] for s in SCALES}
-    for source in ("mask", "proposal"):
+    for source in BOX_SOURCES:
         report[source].pop("p")
     report["films"] = len(films)
     args.out.parent.mkdir(parents=True, exist_ok=True)
