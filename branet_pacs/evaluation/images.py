@@ -83,38 +83,12 @@ class OutOfFoldModels:
     def __init__(self, models_dir: Path, modality: str, cases_by_dataset: dict[str, list[Case]], device: str,
                  classifier_dir: Path | None = None) -> None:
         from branet_pacs.models.classifier import MalignancyClassifier, load_classifier_networks
-        from branet_pacs.models.detector import HeatmapEnsemble, LesionDetector
         from branet_pacs.models.feature_head import FeatureHead
         from branet_pacs.models.runtime import select_device
 
         torch_device = select_device(device)
-        entry = find_model(models_dir, "detector", modality)
-        self.shipped_detector = LesionDetector.from_weights(
-            verified_weights_path(models_dir, entry), name=entry.name, version=entry.version, modality=modality,
-            device=torch_device)
-        metrics = json.loads((models_dir / entry.name / "metrics.json").read_text())
-        cv = metrics["cross_validation"]
-        members = list(self.shipped_detector.net.members)
-        if len(members) != cv["folds"]:
-            raise SystemExit(f"{entry.name}: {len(members)} members but {cv['folds']} folds; cannot go out of fold")
-        trained_on = str(metrics["dataset"]).split("+")
-        missing = [d for d in trained_on if d not in cases_by_dataset]
-        self.detector_of: dict[str, object] = {}
-        if missing and any(d in cases_by_dataset for d in trained_on):
-            raise SystemExit(f"{entry.name} was trained on {'+'.join(trained_on)}: give every one of them with --data "
-                             f"to repeat its folds (missing {', '.join(missing)})")
-        if not missing:
-            # repeat the detector's split: grouped since 2.0; 1.0.0 grouped MIAS by patient and split BUSI by image
-            cases = [c for d in trained_on for c in cases_by_dataset[d]]
-            grouped = cv.get("grouped", cv.get("grouped_by_patient", False))
-            splits = make_folds([c.category for c in cases], [c.group for c in cases] if grouped else None,
-                                cv["folds"], cv.get("seed", 0))
-            for fold, (_, val) in enumerate(splits):
-                detector = LesionDetector(net=HeatmapEnsemble([members[fold]]), spec=self.shipped_detector.spec,
-                                          name=entry.name, version=f"{entry.version}-fold{fold}", modality=modality,
-                                          device=torch_device)
-                for index in val:
-                    self.detector_of[_case_key(cases[index])] = detector
+        self.shipped_detector, self.detector_of = out_of_fold_detectors(models_dir, modality, cases_by_dataset,
+                                                                        torch_device)
 
         if classifier_dir is not None:
             from branet_pacs.evaluation.rois import load_model
@@ -139,11 +113,45 @@ class OutOfFoldModels:
                 self.classifier_of[roi_key(file)] = classifier
 
     def configure(self, analyzer: Analyzer, case: Case, modality: str) -> None:
-        analyzer.use("detector", modality, self.detector_of.get(_case_key(case), self.shipped_detector))
+        analyzer.use("detector", modality, self.detector_of.get(case_key(case), self.shipped_detector))
         analyzer.use("classifier", modality, self.classifier_of.get(roi_key(case.name), self.shipped_classifier))
 
 
-def _case_key(case: Case) -> str:
+def out_of_fold_detectors(models_dir: Path, modality: str, cases_by_dataset: dict[str, list[Case]],
+                          torch_device) -> tuple[object, dict[str, object]]:
+    """The shipped detector and, keyed by `case_key`, the detector member that did not train on each of its training
+    cases (the detector's folds recomputed from its metrics.json). Cases of other datasets are not keyed."""
+    from branet_pacs.models.detector import HeatmapEnsemble, LesionDetector
+
+    entry = find_model(models_dir, "detector", modality)
+    shipped = LesionDetector.from_weights(verified_weights_path(models_dir, entry), name=entry.name,
+                                          version=entry.version, modality=modality, device=torch_device)
+    metrics = json.loads((models_dir / entry.name / "metrics.json").read_text())
+    cv = metrics["cross_validation"]
+    members = list(shipped.net.members)
+    if len(members) != cv["folds"]:
+        raise SystemExit(f"{entry.name}: {len(members)} members but {cv['folds']} folds; cannot go out of fold")
+    trained_on = str(metrics["dataset"]).split("+")
+    missing = [d for d in trained_on if d not in cases_by_dataset]
+    detector_of: dict[str, object] = {}
+    if missing and any(d in cases_by_dataset for d in trained_on):
+        raise SystemExit(f"{entry.name} was trained on {'+'.join(trained_on)}: give every one of them with --data "
+                         f"to repeat its folds (missing {', '.join(missing)})")
+    if not missing:
+        # repeat the detector's split: grouped since 2.0; 1.0.0 grouped MIAS by patient and split BUSI by image
+        cases = [c for d in trained_on for c in cases_by_dataset[d]]
+        grouped = cv.get("grouped", cv.get("grouped_by_patient", False))
+        splits = make_folds([c.category for c in cases], [c.group for c in cases] if grouped else None,
+                            cv["folds"], cv.get("seed", 0))
+        for fold, (_, val) in enumerate(splits):
+            detector = LesionDetector(net=HeatmapEnsemble([members[fold]]), spec=shipped.spec, name=entry.name,
+                                      version=f"{entry.version}-fold{fold}", modality=modality, device=torch_device)
+            for index in val:
+                detector_of[case_key(cases[index])] = detector
+    return shipped, detector_of
+
+
+def case_key(case: Case) -> str:
     return f"{case.site}:{case.name}"
 
 

@@ -13,6 +13,7 @@ from branet_pacs.evaluation import metrics as M
 from branet_pacs.imaging.roi import DEFAULT_LESION_BOX, DEFAULT_WINDOW, LESION_BOX_DESCRIPTIONS, WINDOW_DESCRIPTIONS
 
 SEGMENTATION_REPORT = "proposals_litemedsam.json"   # written by `branet evaluate-proposals`, read into the card
+MIN_SCORE_REASON = 'fixed in advance as "more likely lesion than not", not tuned'   # `train-detector --min-score` default
 
 # What each dataset's classifier ROIs are, after its citation.
 DATASET_NOTES = {
@@ -259,6 +260,7 @@ def write_detector_card(path: Path, name: str, version: str, modality: str, kind
     """The lesion detector's MODEL_CARD.md from its metrics document (and the LiteMedSAM report when present)."""
     cv = metrics["cross_validation"]
     threshold = metrics["recommended_min_score"]
+    reason = metrics.get("recommended_min_score_reason") or MIN_SCORE_REASON
     rows = []
     for m in metrics["out_of_fold"]["by_min_score"]:
         lesion, normal = m["lesion"], m.get("normal", {})
@@ -302,8 +304,8 @@ to the 1st-99th percentile of valid pixels, and the valid mask). The shipped fil
 models of the cross-validation; inference averages their heatmaps and the horizontally flipped input's.
 Candidates: local maxima of the heatmap >= min_score; region = connected pixels >= {ex['region_level']} x peak;
 box = region bounds grown by {ex['expand']} per side, mapped back to image pixels; NMS IoU {ex['nms_iou']}; top-k.
-Score = peak probability. Recommended `min_score`: **{threshold}** (the manifest threshold; fixed in advance as
-"more likely lesion than not", not tuned; the table shows the trade-off).
+Score = peak probability. Recommended `min_score`: **{threshold}** (the manifest threshold; {reason}; the table
+shows the trade-off).
 
 ## Data
 {data_text}

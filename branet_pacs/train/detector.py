@@ -364,6 +364,7 @@ def _train_locked(args: argparse.Namespace, settings: DetectorTrainSettings, dat
         "cross_validation": {"folds": folds, "grouped": True, "grouped_by_patient": "busi" not in kinds, "seed": args.seed,
                              "fold_sizes": [int(len(v)) for _, v in splits], "model": "last epoch of each fold"},
         "settings": asdict(settings), "extraction": asdict(spec), "recommended_min_score": threshold,
+        "recommended_min_score_reason": args.min_score_reason or None,
         "out_of_fold": {"heatmap_dice_at_0.5": heatmap_dice(cache, oof),
                         "top1_any_score": top1, "by_min_score": sweep},
         "out_of_fold_by_site": _by_site(cache, oof_images, threshold) if len(kinds) > 1 else None,
@@ -495,8 +496,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0 = all cores)")
     parser.add_argument("--min-score", type=float, default=0.5,
-                        help="recommended propose() min_score written to the manifest (fixed in advance, not tuned; "
-                             "the card lists the hit rates for other values)")
+                        help="recommended propose() min_score written to the manifest (default fixed in advance, not "
+                             "tuned; the card lists the hit rates for other values)")
+    parser.add_argument("--min-score-reason", default="",
+                        help="how a --min-score other than the default was chosen, for the model card")
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--work", default="", help="checkpoints and cache (default var/detector-work/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in the work folder")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from branet_pacs.evaluation.images import OutOfFoldModels, breast_image
+from branet_pacs.evaluation.images import OutOfFoldModels, breast_image, case_key
 
 from common import US_RECORDS, cases, read_records
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
         if case.category != "normal":
             continue
         image = breast_image(case, "US")
-        proposals = oof.detector_of[case.name].propose(image.pixels, max_proposals=1, min_score=0.0)
+        proposals = oof.detector_of[case_key(case)].propose(image.pixels, max_proposals=1, min_score=0.0)
         normal.append(proposals[0].score if proposals else 0.0)
     lesions = {name: (r["category"], r["findings"][0]["score"] if r["findings"] else 0.0)
                for name, r in read_records(US_RECORDS).items()}
