@@ -39,6 +39,7 @@ class IngestRules:
 
 
 DEFAULT_MAX_FINDINGS = 3
+DEFAULT_MIN_PROPOSAL_SCORE = 0.5
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,9 @@ class SegmentationSettings:
     sam_model_type: str = "vit_b"          # vit_b | vit_l | vit_h
     # most lesions reported per image, per modality (others: DEFAULT_MAX_FINDINGS)
     max_findings: dict[str, int] = field(default_factory=lambda: {"US": 1, "MG": 3})
-    min_proposal_score: float = 0.5        # detector confidence below which a candidate is dropped
+    # detector confidence below which a candidate is dropped: one number for every modality, or per modality
+    # (others: DEFAULT_MIN_PROPOSAL_SCORE); each detector's operating point, chosen on its out-of-fold FROC curve
+    min_proposal_score: dict[str, float] | float = field(default_factory=lambda: {"US": 0.5, "MG": 0.9})
     # modalities whose best candidate is reported even below min_proposal_score (if it reaches best_proposal_min_score)
     report_best_proposal: tuple[str, ...] = ("US",)
     best_proposal_min_score: float = 0.02
@@ -56,6 +59,11 @@ class SegmentationSettings:
 
     def max_findings_for(self, modality: str) -> int:
         return int(self.max_findings.get(modality.upper(), DEFAULT_MAX_FINDINGS))
+
+    def min_proposal_score_for(self, modality: str) -> float:
+        if isinstance(self.min_proposal_score, dict):
+            return float(self.min_proposal_score.get(modality.upper(), DEFAULT_MIN_PROPOSAL_SCORE))
+        return float(self.min_proposal_score)
 
     def reports_best_proposal(self, modality: str) -> bool:
         return modality.upper() in {m.upper() for m in self.report_best_proposal}

@@ -241,13 +241,14 @@ class Analyzer:
             return [Prompt(box, 1.0, "box") for box in (_frame_to_image(b, image) for b in boxes) if box]
         settings = self.config.segmentation
         report_best = settings.reports_best_proposal(image.modality)
-        floor = settings.best_proposal_min_score if report_best else settings.min_proposal_score
+        min_score = settings.min_proposal_score_for(image.modality)
+        floor = settings.best_proposal_min_score if report_best else min_score
         proposals = self.detector(image.modality).propose(
             image.pixels, valid_mask=image.breast_mask, max_proposals=settings.max_findings_for(image.modality),
             min_score=floor)
         # Best first: the best is kept whatever its score (report_best_proposal), the others need min_proposal_score.
         return [Prompt(p.box, float(p.score), "auto") for rank, p in enumerate(proposals)
-                if rank == 0 or p.score >= settings.min_proposal_score]
+                if rank == 0 or p.score >= min_score]
 
 
 def _frame_to_image(box: Box, image: BreastImage) -> Box | None:

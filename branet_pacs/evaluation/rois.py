@@ -109,7 +109,7 @@ def segment_lesions(data_dir: Path, modality: str, models_dir: Path, images_root
         detector_note = f"{detector.name} {detector.version}"
     except (ModelUnavailable, ImportError) as exc:
         detector, detector_note = None, f"unavailable: {exc}"
-    min_score = load_config().segmentation.min_proposal_score
+    min_score = load_config().segmentation.min_proposal_score_for(modality)
     rows, below_min = [], 0
     for key in tqdm(sorted(jobs), desc="segment", unit="image", mininterval=5):
         kind, path = key.split(":", 1)

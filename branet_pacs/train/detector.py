@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULTS = {
     "US": {"size": 112, "epochs": 36, "crop": 0, "folds": 3, "repeats": 1},
-    "MG": {"size": 256, "epochs": 32, "crop": 128, "folds": 3, "repeats": 2},
+    "MG": {"size": 512, "epochs": 32, "crop": 128, "folds": 3, "repeats": 2},
 }
 SCORE_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 CACHE_VERSION = 3    # 2: groups from the dataset readers (identical BUSI images share one); 3: MLO views lose

@@ -124,3 +124,27 @@ def test_max_findings_and_best_proposal_are_per_modality(tmp_path):
     custom = load_config(path).segmentation
     assert custom.max_findings_for("MG") == 5 and custom.max_findings_for("US") == DEFAULT_MAX_FINDINGS
     assert custom.reports_best_proposal("MG") and not custom.reports_best_proposal("US")
+
+
+def test_min_proposal_score_is_one_number_or_per_modality(tmp_path):
+    import dataclasses
+
+    from branet_pacs.config import DEFAULT_MIN_PROPOSAL_SCORE, Config, SegmentationSettings, load_config
+    from branet_pacs.pipeline import Analyzer
+
+    path = tmp_path / "branet.toml"
+    path.write_text('[segmentation]\nmin_proposal_score = { MG = 0.8 }\n')
+    per_modality = load_config(path).segmentation
+    assert per_modality.min_proposal_score_for("mg") == 0.8
+    assert per_modality.min_proposal_score_for("US") == DEFAULT_MIN_PROPOSAL_SCORE
+    path.write_text('[segmentation]\nmin_proposal_score = 0.6\n')
+    everywhere = load_config(path).segmentation
+    assert everywhere.min_proposal_score_for("MG") == everywhere.min_proposal_score_for("US") == 0.6
+    # the pipeline asks the detector for the image's own modality's floor
+    config = Config(segmentation=SegmentationSettings(min_proposal_score={"US": 0.7, "MG": 0.2},
+                                                      max_findings={"US": 3}, report_best_proposal=()))
+    analyzer = Analyzer(dataclasses.replace(config, threads=1))
+    detector = _FixedDetector([0.9, 0.6, 0.4])
+    analyzer.use("detector", "US", detector)
+    assert [p.score for p in analyzer.prompts(image_in_frame(), None)] == [0.9]
+    assert detector.asked_min_score == 0.7
