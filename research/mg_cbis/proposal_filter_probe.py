@@ -26,6 +26,7 @@ from tqdm import tqdm
 from branet_pacs.datasets.folds import make_folds
 from branet_pacs.evaluation.images import breast_image, case_key, out_of_fold_detectors, read_cases
 from branet_pacs.imaging import lesion_descriptors
+from branet_pacs.imaging.breast import chest_wall_on_left
 from branet_pacs.imaging.geometry import box_iou, mask_box
 from branet_pacs.models.detector import heatmap_candidates, model_heatmap_to_image
 from branet_pacs.models.feature_head import FeatureHead
@@ -37,11 +38,6 @@ GEOMETRY = ("peak", "logit_peak", "rank", "peak_over_best", "candidates_over_hal
 FALSE_PER_FILM = (0.25, 0.5, 0.75, 1.0, 1.5)
 SEEN = 0.2                                        # heat inside a mass that counts as the detector seeing it
 SIZES = ((0.002, "tiny"), (0.01, "small"), (0.04, "mid"), (1.0, "large"))   # mass box area / film area
-
-
-def chest_wall_on_left(mask: np.ndarray) -> bool:
-    half = mask.shape[1] // 2
-    return bool(mask[:, :half].sum() >= mask[:, half:].sum())
 
 
 def film_candidates(detector, image, floor: float, count: int) -> tuple[list[dict], np.ndarray]:
@@ -144,9 +140,10 @@ def seen_rates(films: list[dict]) -> dict:
     return {key: {"masses": len(v), "seen": round(float(np.mean(v)), 3)} for key, v in sorted(groups.items())}
 
 
-def matrix(films):
-    rows = [(f, c) for f in films for c in f["candidates"]]
-    return rows, np.array([c["features"] for _, c in rows]), np.array([c["iou"] >= 0.3 for _, c in rows])
+def matrix(films: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate's features, and whether it is a true mass (IoU >= 0.3)."""
+    candidates = [c for f in films for c in f["candidates"]]
+    return np.array([c["features"] for c in candidates]), np.array([c["iou"] >= 0.3 for c in candidates])
 
 
 def rescore(head: FeatureHead, films: list[dict], cols: slice) -> None:
@@ -201,12 +198,12 @@ def main() -> None:
         cols = slice(0, sum(blocks))
         for k in range(5):
             train = [f for f, fold in zip(dev, fold_of) if fold != k]
-            _, x, y = matrix(train)
+            x, y = matrix(train)
             head = FeatureHead.fit(x[:, cols], y, args.C, blocks if len(blocks) > 1 else ())
             rescore(head, [f for f, fold in zip(dev, fold_of) if fold == k], cols)
         report[f"cbis-ddsm out of fold ({name})"] = table(dev)
         if other:
-            _, x, y = matrix(dev)
+            x, y = matrix(dev)
             rescore(FeatureHead.fit(x[:, cols], y, args.C, blocks if len(blocks) > 1 else ()), other, cols)
             for site in sorted({f["site"] for f in other}):
                 mine = [f for f in other if f["site"] == site and f["truths"]]
