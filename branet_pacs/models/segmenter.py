@@ -147,6 +147,23 @@ def lesion_crop_embedding(segmenter: "LiteMedSAMSegmenter", image: np.ndarray, b
     return pooled_embedding(embedding, mask if mask.any() else box_mask(crop.shape, inner))
 
 
+def encoder_input(image: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
+    """LiteMedSAM's input for a 2-D [0, 1] image, as its release prepares it: the longest side resized to 256 keeping
+    the aspect ratio, min-max normalised, padded to 256x256 at the bottom/right, three equal channels. Returns the
+    (1, 3, 256, 256) tensor and the (h, w) of the resized image before padding."""
+    image = _check_image(image)
+    h, w = image.shape
+    scale = LITE_MEDSAM_SIZE / max(h, w)
+    nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device)
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        lo, hi = x.min(), x.max()
+        x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
+        x = F.pad(x, (0, LITE_MEDSAM_SIZE - nw, 0, LITE_MEDSAM_SIZE - nh))
+        return x.expand(-1, 3, -1, -1).contiguous(), (nh, nw)
+
+
 class _BoxDecoder(torch.nn.Module):
     """LiteMedSAM's prompt encoder + mask decoder for box prompts: (embedding (1, 256, 64, 64), boxes (b, 4) in the
     256-pixel input frame) -> low-resolution mask logits (b, 1, 256, 256). One module, so one exported graph."""
@@ -209,18 +226,11 @@ class LiteMedSAMSegmenter:
             dynamic=(1,)))
 
     def embed(self, image: np.ndarray) -> LiteMedSAMEmbedding:
-        image = _check_image(image)
-        h, w = image.shape
-        scale = LITE_MEDSAM_SIZE / max(h, w)
-        nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+        x, resized_size = encoder_input(image, self.device)
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(self.device)
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-            lo, hi = x.min(), x.max()
-            x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
-            x = F.pad(x, (0, LITE_MEDSAM_SIZE - nw, 0, LITE_MEDSAM_SIZE - nh))
-            features = self._encoder(x.expand(-1, 3, -1, -1).contiguous()).to(self.device)
-        return LiteMedSAMEmbedding(features=features, original_size=(h, w), resized_size=(nh, nw))
+            features = self._encoder(x).to(self.device)
+        return LiteMedSAMEmbedding(features=features, original_size=tuple(np.shape(image)),
+                                   resized_size=resized_size)
 
     def decode(self, embedding: LiteMedSAMEmbedding, boxes: Sequence[Box]) -> list[np.ndarray]:
         if not boxes:
