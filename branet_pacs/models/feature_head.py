@@ -34,12 +34,17 @@ if TYPE_CHECKING:
 
 LITEMEDSAM = "litemedsam"
 LITEMEDSAM_CROP = "litemedsam-crop"
+LITEMEDSAM_CROP_STAGES = "litemedsam-crop-stages"
 FEATURES = "LiteMedSAM image embedding, mean inside the lesion mask and in a ring around it (512)"
 INPUTS = {LITEMEDSAM: FEATURES,
           LITEMEDSAM_CROP: "LiteMedSAM embedding of a square crop around the lesion (2.5x its box), mean inside its "
                            "mask and in a ring around it (512)",
+          LITEMEDSAM_CROP_STAGES: "the maps of LiteMedSAM's TinyViT layers 2 and 3 (160 + 320 channels) on the same "
+                                  "lesion crop, mean inside its mask and in a ring around it (960)",
           lesion_descriptors.NAME: lesion_descriptors.DESCRIPTION}
-WIDTHS = {LITEMEDSAM: 512, LITEMEDSAM_CROP: 512, lesion_descriptors.NAME: lesion_descriptors.COUNT}
+WIDTHS = {LITEMEDSAM: 512, LITEMEDSAM_CROP: 512, LITEMEDSAM_CROP_STAGES: 960,
+          lesion_descriptors.NAME: lesion_descriptors.COUNT}
+CROP_INPUTS = (LITEMEDSAM_CROP, LITEMEDSAM_CROP_STAGES)   # read from one encoder pass per lesion crop
 DEFAULT_C = 0.003   # inverse L2 strength; chosen across sites (research/us_sites/sam_head_loso.py)
 
 
@@ -149,14 +154,19 @@ def lesion_feature_rows(inputs: Sequence[str], pixels: np.ndarray, encoder: "Lit
                         boxes: Sequence[Box]) -> np.ndarray:
     """(n, d) float32: the head's input row for each lesion (mask and box on the [0, 1] image `pixels`, whose
     LiteMedSAM `embedding` the `encoder` made)."""
-    from branet_pacs.models.segmenter import lesion_crop_embedding, pooled_embedding
+    from branet_pacs.models.segmenter import encode_lesion_crop, lesion_crop_stage_embedding, pooled_embedding
 
+    inputs = check_inputs(inputs)
+    crops = [encode_lesion_crop(encoder, pixels, box, stages=LITEMEDSAM_CROP_STAGES in inputs) for box in boxes] \
+        if set(CROP_INPUTS) & set(inputs) else []
     parts = []
-    for name in check_inputs(inputs):
+    for name in inputs:
         if name == LITEMEDSAM:
             parts.append(np.stack([pooled_embedding(embedding, mask) for mask in masks]))
         elif name == LITEMEDSAM_CROP:
-            parts.append(np.stack([lesion_crop_embedding(encoder, pixels, box) for box in boxes]))
+            parts.append(np.stack([pooled_embedding(crop.embedding, crop.mask) for crop in crops]))
+        elif name == LITEMEDSAM_CROP_STAGES:
+            parts.append(np.stack([lesion_crop_stage_embedding(crop) for crop in crops]))
         else:
             scaled = lesion_descriptors.tissue_scale(pixels)
             parts.append(np.stack([lesion_descriptors.lesion_descriptors(pixels, box, scaled) for box in boxes]))

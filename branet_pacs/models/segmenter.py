@@ -132,19 +132,69 @@ def pooled_embedding(embedding: LiteMedSAMEmbedding, mask: np.ndarray) -> np.nda
     return torch.cat(parts).float().cpu().numpy()
 
 
-def lesion_crop_embedding(segmenter: "LiteMedSAMSegmenter", image: np.ndarray, box: Box,
-                          context: float = LESION_CROP_CONTEXT) -> np.ndarray:
-    """(512,) float32: `pooled_embedding` with LiteMedSAM encoding a square crop around the lesion instead of the
-    whole image (`context` x the box's longer side, zeros outside the image), prompted with the box in the crop
-    (the box itself when the mask comes back empty). A whole mammogram reaches the encoder at 256 px, a 2 cm mass on
+CROP_STAGE_LAYERS = (1, 2)   # TinyViT layers whose maps `lesion_crop_stage_embedding` pools (160 + 320 channels)
+
+
+@dataclass(frozen=True)
+class LesionCrop:
+    """LiteMedSAM's view of one lesion: a square crop around its box encoded once, the mask its box prompts (the box
+    itself when the mask comes back empty) and, when asked, intermediate maps of the encoder."""
+
+    embedding: LiteMedSAMEmbedding
+    mask: np.ndarray
+    stage_maps: tuple[torch.Tensor, ...] = ()     # (1, C, 64, 64) each, `CROP_STAGE_LAYERS` in order
+
+
+def encode_lesion_crop(segmenter: "LiteMedSAMSegmenter", image: np.ndarray, box: Box,
+                       context: float = LESION_CROP_CONTEXT, stages: bool = False) -> LesionCrop:
+    """A square crop around the lesion (`context` x the box's longer side, zeros outside the image) through
+    LiteMedSAM, prompted with the box in the crop. A whole mammogram reaches the encoder at 256 px, a 2 cm mass on
     ~5x5 cells of its 64x64 feature grid; in the crop it spans ~25x25. One encoder pass per lesion."""
     x0, y0, x1, y1 = box
     side = max(int(round(max(x1 - x0, y1 - y0) * context)), 16)
     crop, (left, top) = square_crop(image, (x0 + x1) / 2, (y0 + y1) / 2, side)
     inner = (x0 - left, y0 - top, x1 - left, y1 - top)
-    embedding = segmenter.embed(crop)
+    embedding, maps = segmenter.embed_with_stages(crop) if stages else (segmenter.embed(crop), ())
     (mask,) = segmenter.decode(embedding, [inner])
-    return pooled_embedding(embedding, mask if mask.any() else box_mask(crop.shape, inner))
+    return LesionCrop(embedding, mask if mask.any() else box_mask(crop.shape, inner), tuple(maps))
+
+
+def lesion_crop_embedding(segmenter: "LiteMedSAMSegmenter", image: np.ndarray, box: Box,
+                          context: float = LESION_CROP_CONTEXT) -> np.ndarray:
+    """(512,) float32: `pooled_embedding` of the lesion's crop (`encode_lesion_crop`)."""
+    crop = encode_lesion_crop(segmenter, image, box, context)
+    return pooled_embedding(crop.embedding, crop.mask)
+
+
+def lesion_crop_stage_embedding(crop: LesionCrop) -> np.ndarray:
+    """(960,) float32: each intermediate encoder map of a lesion crop (`encode_lesion_crop(..., stages=True)`)
+    averaged inside the mask and in the ring around it, as `pooled_embedding` does the final embedding. The earlier
+    layers keep more of the margin's texture than the neck that feeds the mask decoder (docs/mammography.md)."""
+    if not crop.stage_maps:
+        raise ValueError("lesion_crop_stage_embedding needs a crop encoded with stages=True")
+    return np.concatenate([pooled_embedding(dataclasses.replace(crop.embedding, features=m), crop.mask)
+                           for m in crop.stage_maps])
+
+
+class StagedEncoder(torch.nn.Module):
+    """LiteMedSAM's TinyViT image encoder returning the maps of some of its layers, (1, C, n, n) each, then the
+    final (1, 256, 64, 64) embedding: one pass, one exported graph."""
+
+    def __init__(self, encoder: torch.nn.Module, layers: Sequence[int] = CROP_STAGE_LAYERS) -> None:
+        super().__init__()
+        self.encoder, self.layers = encoder, tuple(layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        encoder = self.encoder
+        x = encoder.patch_embed(x)
+        maps = []
+        for index, layer in enumerate(encoder.layers):
+            x = layer(x)
+            if index in self.layers:
+                side = int(x.shape[1] ** 0.5 + 0.5)   # tokens (1, n * n, C) -> (1, C, n, n)
+                maps.append(x.transpose(1, 2).reshape(1, x.shape[2], side, side))
+        neck = encoder.neck(x.view(1, 64, 64, x.shape[-1]).permute(0, 3, 1, 2))
+        return (*maps, neck)
 
 
 def encoder_input(image: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
@@ -224,6 +274,20 @@ class LiteMedSAMSegmenter:
             _BoxDecoder(self.model), [torch.zeros(1, 256, 64, 64), torch.tensor([[10.0, 10.0, 100.0, 100.0]])],
             engine=engine, name="litemedsam-box-decoder", digest=_litemedsam_digest(), device=self.device,
             dynamic=(1,)))
+
+    def embed_with_stages(self, image: np.ndarray) -> tuple[LiteMedSAMEmbedding, list[torch.Tensor]]:
+        """`embed`, plus the maps of the encoder's `CROP_STAGE_LAYERS` (same pass; the same embedding)."""
+        engine = self.engine
+        staged = _cached(("litemedsam-staged-encoder", str(self.device), engine), lambda: compiled_or_module(
+            StagedEncoder(self.model.image_encoder), [torch.zeros(1, 3, LITE_MEDSAM_SIZE, LITE_MEDSAM_SIZE)],
+            engine=engine, name="litemedsam-staged-encoder", digest=_litemedsam_digest(), device=self.device,
+            output_count=len(CROP_STAGE_LAYERS) + 1))
+        x, resized_size = encoder_input(image, self.device)
+        with torch.inference_mode():
+            *maps, features = staged(x)
+        embedding = LiteMedSAMEmbedding(features=features.to(self.device), original_size=tuple(np.shape(image)),
+                                        resized_size=resized_size)
+        return embedding, [m.float().to(self.device) for m in maps]
 
     def embed(self, image: np.ndarray) -> LiteMedSAMEmbedding:
         x, resized_size = encoder_input(image, self.device)

@@ -119,6 +119,10 @@ def _head_inputs_text(settings: dict) -> str:
     if "litemedsam-crop" in inputs:
         extra.append("the same pooling with LiteMedSAM encoding a square crop around the lesion (2.5x its box; "
                      "`models.segmenter.lesion_crop_embedding`, one more encoder pass per lesion)")
+    if "litemedsam-crop-stages" in inputs:
+        extra.append("the maps of LiteMedSAM's TinyViT layers 2 and 3 (160 + 320 channels) on the same crop, pooled "
+                     "the same way (960 numbers, from the same encoder pass; "
+                     "`models.segmenter.lesion_crop_stage_embedding`)")
     if "lesion-descriptors" in inputs:
         extra.append("53 hand-made descriptors on the lesion box (`branet_pacs.imaging.lesion_descriptors`: density "
                      "against the surrounding tissue, edge sharpness, radial vs tangential gradient energy for "

@@ -8,7 +8,9 @@ Cached per folder in `features-litemedsam.npz` (files, features, the LiteMedSAM 
 takes ~1.5 s per image on 2 CPU cores, and the cache is only reused for the same ROI files and the same weights.
 
 With the "litemedsam-crop" input, LiteMedSAM also encodes a crop around each ROI's box
-(`models.segmenter.lesion_crop_embedding`, one encoder pass per ROI), cached in `features-litemedsam-crop.npz`.
+(`models.segmenter.lesion_crop_embedding`, one encoder pass per ROI), cached in `features-litemedsam-crop.npz`; the
+"litemedsam-crop-stages" input pools intermediate maps of the same pass (`lesion_crop_stage_embedding`), cached in
+`features-litemedsam-crop-stages.npz`.
 
 The hand-made lesion descriptors (`imaging.lesion_descriptors`, the MG head's second input) are read on the manifest
 box of each ROI on its source image, as the pipeline reads them on a finding's box; cached in
@@ -28,12 +30,13 @@ from branet_pacs.datasets.cases import load_gray
 from branet_pacs.datasets.rois import list_roi_files, parse_box, parse_tags, read_manifest, read_prepare_info
 from branet_pacs.imaging import lesion_descriptors
 from branet_pacs.imaging.geometry import box_mask
-from branet_pacs.models.feature_head import LITEMEDSAM, LITEMEDSAM_CROP, check_inputs
+from branet_pacs.models.feature_head import LITEMEDSAM, LITEMEDSAM_CROP, LITEMEDSAM_CROP_STAGES, check_inputs
 
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "features-litemedsam.npz"
 CROP_CACHE_FILE = "features-litemedsam-crop.npz"
+CROP_STAGES_CACHE_FILE = "features-litemedsam-crop-stages.npz"
 DESCRIPTORS_CACHE_FILE = "features-lesion-descriptors.npz"
 
 
@@ -86,20 +89,41 @@ def folder_features(root: str | Path, device: str = "cpu") -> np.ndarray:
     return _cached_per_roi(Path(root), CACHE_FILE, "litemedsam_sha256", _litemedsam_sha256(), compute)
 
 
+def _crop_features(root: Path, files: list[str], device: str, stages: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """LiteMedSAM on a crop around each ROI's box: the pooled embedding (n, 512) and, with `stages`, the pooled
+    intermediate maps (n, 960), from one encoder pass per ROI."""
+    from branet_pacs.models.segmenter import encode_lesion_crop, lesion_crop_stage_embedding, pooled_embedding
+
+    segmenter = _segmenter(device)
+    pooled = np.zeros((len(files), 512), dtype=np.float32)
+    staged = np.zeros((len(files), 960), dtype=np.float32) if stages else None
+    for image, rows in tqdm(_source_images(root, files), desc=f"LiteMedSAM lesion crops {root.name}",
+                            unit="image", mininterval=10):
+        for index, row in rows:
+            crop = encode_lesion_crop(segmenter, image, parse_box(row["box"]), stages=stages)
+            pooled[index] = pooled_embedding(crop.embedding, crop.mask)
+            if staged is not None:
+                staged[index] = lesion_crop_stage_embedding(crop)
+    return pooled, staged
+
+
 def folder_crop_features(root: str | Path, device: str = "cpu") -> np.ndarray:
     """(n, 512) float32: LiteMedSAM on a crop around each ROI's box (`lesion_crop_embedding`)."""
+    return _cached_per_roi(Path(root), CROP_CACHE_FILE, "litemedsam_sha256", _litemedsam_sha256(),
+                           lambda root, files: _crop_features(root, files, device, stages=False)[0])
+
+
+def folder_crop_stage_features(root: str | Path, device: str = "cpu") -> np.ndarray:
+    """(n, 960) float32: the encoder's intermediate maps on the same crops (`lesion_crop_stage_embedding`). Its
+    pass also refreshes the crop cache when that one is stale (the same encoder pass gives both)."""
+    root = Path(root)
+
     def compute(root: Path, files: list[str]) -> np.ndarray:
-        from branet_pacs.models.segmenter import lesion_crop_embedding
+        pooled, staged = _crop_features(root, files, device, stages=True)
+        _cached_per_roi(root, CROP_CACHE_FILE, "litemedsam_sha256", _litemedsam_sha256(), lambda *_: pooled)
+        return staged
 
-        segmenter = _segmenter(device)
-        features = np.zeros((len(files), 512), dtype=np.float32)
-        for image, rows in tqdm(_source_images(root, files), desc=f"LiteMedSAM lesion crops {root.name}",
-                                unit="image", mininterval=10):
-            for index, row in rows:
-                features[index] = lesion_crop_embedding(segmenter, image, parse_box(row["box"]))
-        return features
-
-    return _cached_per_roi(Path(root), CROP_CACHE_FILE, "litemedsam_sha256", _litemedsam_sha256(), compute)
+    return _cached_per_roi(root, CROP_STAGES_CACHE_FILE, "litemedsam_sha256", _litemedsam_sha256(), compute)
 
 
 def _source_images(root: Path, files: Sequence[str]):
@@ -137,6 +161,7 @@ def head_features(root: str | Path, inputs: Sequence[str] = (LITEMEDSAM,), devic
     """The feature head's input rows (`feature_head.INPUTS`, in order) for the ROIs of one folder."""
     blocks = {LITEMEDSAM: lambda: folder_features(root, device),
               LITEMEDSAM_CROP: lambda: folder_crop_features(root, device),
+              LITEMEDSAM_CROP_STAGES: lambda: folder_crop_stage_features(root, device),
               lesion_descriptors.NAME: lambda: folder_descriptors(root)}
     return np.concatenate([blocks[name]() for name in check_inputs(inputs)], axis=1)
 

@@ -501,11 +501,12 @@ def test_pipeline_feeds_litemedsam_features_of_each_lesion_to_the_head(tmp_path:
 
 
 @pytest.mark.parametrize("inputs", [("litemedsam", "lesion-descriptors"),
-                                    ("litemedsam", "litemedsam-crop", "lesion-descriptors")])
+                                    ("litemedsam", "litemedsam-crop", "lesion-descriptors"),
+                                    ("litemedsam", "litemedsam-crop", "litemedsam-crop-stages", "lesion-descriptors")])
 def test_pipeline_feeds_the_lesion_descriptors_too_when_the_head_reads_them(tmp_path: Path, inputs) -> None:
-    """The MG recipes' heads (manifest inputs litemedsam [+ litemedsam-crop] + lesion-descriptors, one block each):
-    the pipeline gives it the pooled embedding [, the lesion crop's] and the descriptors of the finding's box, in that
-    order."""
+    """The MG recipes' heads (manifest inputs litemedsam [+ litemedsam-crop [+ litemedsam-crop-stages]] +
+    lesion-descriptors, one block each): the pipeline gives it the pooled embedding [, the lesion crop's [, the crop's
+    encoder stages]] and the descriptors of the finding's box, in that order."""
     import dataclasses
 
     import pydicom
@@ -514,7 +515,8 @@ def test_pipeline_feeds_the_lesion_descriptors_too_when_the_head_reads_them(tmp_
     from branet_pacs.imaging.lesion_descriptors import COUNT, lesion_descriptors
     from branet_pacs.models.feature_head import FeatureHead, combine
     from branet_pacs.models.feature_head import input_widths
-    from branet_pacs.models.segmenter import LiteMedSAMSegmenter, lesion_crop_embedding, pooled_embedding
+    from branet_pacs.models.segmenter import (LiteMedSAMSegmenter, encode_lesion_crop, lesion_crop_embedding,
+                                              lesion_crop_stage_embedding, pooled_embedding)
     from branet_pacs.pipeline import Analyzer
     from branet_pacs.types import BreastImage
 
@@ -524,7 +526,7 @@ def test_pipeline_feeds_the_lesion_descriptors_too_when_the_head_reads_them(tmp_
     labels = np.arange(40) % 2
     widths = input_widths(inputs)
     head = FeatureHead.fit(rng.normal(0, 1, (40, sum(widths))) + labels[:, None] * 0.5, labels,
-                           C=(0.1, 0.2, 0.3)[:len(widths)], blocks=widths)
+                           C=(0.1, 0.2, 0.3, 0.4)[:len(widths)], blocks=widths)
     head.save(models / "mg-test" / "feature_head.safetensors")
     spec = {"file": "mg-test/feature_head.safetensors", "inputs": list(inputs),
             "sha256": file_sha256(models / "mg-test" / "feature_head.safetensors")}
@@ -539,9 +541,32 @@ def test_pipeline_feeds_the_lesion_descriptors_too_when_the_head_reads_them(tmp_
     segmenter = LiteMedSAMSegmenter("cpu")
     embedding = segmenter.embed(pixels)
     crop = [lesion_crop_embedding(segmenter, pixels, finding.box)] if "litemedsam-crop" in inputs else []
+    if "litemedsam-crop-stages" in inputs:
+        crop.append(lesion_crop_stage_embedding(encode_lesion_crop(segmenter, pixels, finding.box, stages=True)))
     row = np.concatenate([pooled_embedding(embedding, finding.mask), *crop,
                           lesion_descriptors(pixels, finding.box)])[None]
     clf = analyzer.classifier("MG")
     cnn = MalignancyClassifier(clf.entry, clf._networks, clf.device).predict_boxes(
         pixels, [finding.box], analyzer.roi_margin("MG"))
     assert finding.p_malignant == pytest.approx(float(combine(cnn, head.predict(row))[0]), abs=1e-4)
+
+
+def test_staged_encoder_gives_the_plain_embedding_and_its_stage_maps() -> None:
+    """`embed_with_stages` is one pass of the same encoder: its embedding is `embed`'s (the crop block's numbers do
+    not change when the stage block is read too), and the stage block pools the 160- and 320-channel maps."""
+    from branet_pacs.models.segmenter import (LiteMedSAMSegmenter, encode_lesion_crop, lesion_crop_embedding,
+                                              lesion_crop_stage_embedding, pooled_embedding)
+
+    image = _ellipse_lesion_image("MG", background=0.3, lesion=0.8).pixels
+    segmenter = LiteMedSAMSegmenter("cpu")
+    embedding, maps = segmenter.embed_with_stages(image)
+    torch.testing.assert_close(embedding.features, segmenter.embed(image).features, atol=1e-4, rtol=1e-4)
+    assert [tuple(m.shape) for m in maps] == [(1, 160, 64, 64), (1, 320, 64, 64)]
+    box = (40, 35, 140, 110)
+    crop = encode_lesion_crop(segmenter, image, box, stages=True)
+    staged = lesion_crop_stage_embedding(crop)
+    assert staged.shape == (960,) and np.isfinite(staged).all()
+    np.testing.assert_allclose(pooled_embedding(crop.embedding, crop.mask),
+                               lesion_crop_embedding(segmenter, image, box), atol=1e-4)
+    with pytest.raises(ValueError, match="stages=True"):
+        lesion_crop_stage_embedding(encode_lesion_crop(segmenter, image, box))

@@ -70,6 +70,7 @@ def test_head_inputs_are_named_and_litemedsam_comes_first() -> None:
 
     assert input_widths(("litemedsam", "lesion-descriptors")) == (512, 53)
     assert input_widths(("litemedsam", "litemedsam-crop", "lesion-descriptors")) == (512, 512, 53)
+    assert input_widths(("litemedsam", "litemedsam-crop-stages", "lesion-descriptors")) == (512, 960, 53)
     for wrong in (("lesion-descriptors",), ("litemedsam", "litemedsam"), ("litemedsam", "radiomics"), ()):
         with pytest.raises(ValueError, match="feature head inputs"):
             check_inputs(wrong)

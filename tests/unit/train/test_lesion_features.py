@@ -55,11 +55,22 @@ def test_features_follow_the_roi_order_and_are_cached(tmp_path: Path, monkeypatc
     np.testing.assert_allclose(all_three[0], crop_row[0], atol=1e-4)
     assert not np.allclose(all_three[0, 512:1024], all_three[0, :512], atol=1e-2)   # it sees something else
 
+    # the crop's encoder stages: the same crops, read by the same code in training and in the pipeline
+    four = ("litemedsam", "litemedsam-crop", "litemedsam-crop-stages", "lesion-descriptors")
+    all_four = lesion_features.head_features(rois, four)
+    assert all_four.shape == (len(data), 512 + 512 + 960 + lesion_descriptors.COUNT)
+    np.testing.assert_allclose(all_four[:, :1024], all_three[:, :1024], atol=1e-4)
+    stage_row = lesion_feature_rows(four, image, segmenter, embedding, [mask], [cases[0].lesions[0].box])
+    np.testing.assert_allclose(all_four[0], stage_row[0], atol=1e-4)
+    assert (rois / lesion_features.CROP_STAGES_CACHE_FILE).is_file()
+
     monkeypatch.setattr(LiteMedSAMSegmenter, "embed", lambda *a: pytest.fail("the cache was not used"))
+    monkeypatch.setattr(LiteMedSAMSegmenter, "embed_with_stages", lambda *a: pytest.fail("the cache was not used"))
     monkeypatch.setattr(lesion_descriptors, "lesion_descriptors", lambda *a: pytest.fail("the cache was not used"))
     np.testing.assert_array_equal(lesion_features.folder_features(rois), features)
     np.testing.assert_array_equal(lesion_features.head_features(rois, ("litemedsam", "lesion-descriptors")), both)
     np.testing.assert_array_equal(lesion_features.head_features(rois, three), all_three)
+    np.testing.assert_array_equal(lesion_features.head_features(rois, four), all_four)
 
 
 def test_features_need_the_source_images(tmp_path: Path) -> None:
