@@ -33,7 +33,7 @@ from branet_pacs.datasets.rois import list_roi_files, parse_box
 from branet_pacs.imaging.geometry import box_mask, square_crop
 from branet_pacs.models.feature_head import FeatureHead, logit
 from branet_pacs.models.runtime import Engine, available_cores, configure_torch
-from branet_pacs.models.segmenter import LiteMedSAMSegmenter, pooled_embedding
+from branet_pacs.models.segmenter import LiteMedSAMSegmenter, StagedEncoder, pooled_embedding
 from branet_pacs.train import lesion_features
 from crop_embedding_probe import head_oof, line, shipped_head_recipe, shipped_oof
 from common import breast_level, grouped_bootstrap, nested_weight
@@ -165,34 +165,13 @@ def load_shapes(root: Path, scale: float) -> np.ndarray | None:
         return np.stack([shape_features(m) for m in stored["mask"]])
 
 
-class StageEncoder(torch.nn.Module):
-    """LiteMedSAM's TinyViT image encoder returning its stages' outputs as (1, C, n, n) maps beside the neck's
-    embedding: stage 1 (128 channels, 128x128), stage 2 (160, 64x64), stage 3 (320, 64x64), neck (256, 64x64)."""
-
-    def __init__(self, encoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        e = self.encoder
-        x = e.patch_embed(x)
-        outputs = []
-        for layer in e.layers:
-            x = layer(x)
-            outputs.append(x)
-        maps = [o.transpose(1, 2).reshape(1, o.shape[2], int(o.shape[1] ** 0.5), int(o.shape[1] ** 0.5))
-                for o in outputs[:3]]
-        neck = e.neck(x.view(1, 64, 64, x.shape[-1]).permute(0, 3, 1, 2))
-        return (*maps, neck)
-
-
-STAGES = ("stage1", "stage2", "stage3")
+STAGES = ("stage1", "stage2", "stage3")   # TinyViT layers 1-3 (128, 160, 320 channels); the product reads 2-3
 
 
 def stage_encoder(segmenter: LiteMedSAMSegmenter):
     from branet_pacs.models.onnx_engine import compiled_or_module
 
-    return compiled_or_module(StageEncoder(segmenter.model.image_encoder), [torch.zeros(1, 3, 256, 256)],
+    return compiled_or_module(StagedEncoder(segmenter.model.image_encoder, (0, 1, 2)), [torch.zeros(1, 3, 256, 256)],
                               engine=Engine("onnx", threads=available_cores()), name="litemedsam-encoder-stages",
                               digest=lesion_features._litemedsam_sha256(), device=torch.device("cpu"), output_count=4)
 
