@@ -145,15 +145,21 @@ class LesionCrop:
     stage_maps: tuple[torch.Tensor, ...] = ()     # (1, C, 64, 64) each, `CROP_STAGE_LAYERS` in order
 
 
-def encode_lesion_crop(segmenter: "LiteMedSAMSegmenter", image: np.ndarray, box: Box,
-                       context: float = LESION_CROP_CONTEXT, stages: bool = False) -> LesionCrop:
-    """A square crop around the lesion (`context` x the box's longer side, zeros outside the image) through
-    LiteMedSAM, prompted with the box in the crop. A whole mammogram reaches the encoder at 256 px, a 2 cm mass on
-    ~5x5 cells of its 64x64 feature grid; in the crop it spans ~25x25. One encoder pass per lesion."""
+def lesion_crop(image: np.ndarray, box: Box, context: float = LESION_CROP_CONTEXT) -> tuple[np.ndarray, Box]:
+    """The square crop around a lesion (`context` x the box's longer side, at least 16 px, zeros outside the image)
+    and the box in the crop's coordinates."""
     x0, y0, x1, y1 = box
     side = max(int(round(max(x1 - x0, y1 - y0) * context)), 16)
     crop, (left, top) = square_crop(image, (x0 + x1) / 2, (y0 + y1) / 2, side)
-    inner = (x0 - left, y0 - top, x1 - left, y1 - top)
+    return crop, (x0 - left, y0 - top, x1 - left, y1 - top)
+
+
+def encode_lesion_crop(segmenter: "LiteMedSAMSegmenter", image: np.ndarray, box: Box,
+                       context: float = LESION_CROP_CONTEXT, stages: bool = False) -> LesionCrop:
+    """The lesion's crop (`lesion_crop`) through LiteMedSAM, prompted with the box in the crop. A whole mammogram
+    reaches the encoder at 256 px, a 2 cm mass on ~5x5 cells of its 64x64 feature grid; in the crop it spans ~25x25.
+    One encoder pass per lesion."""
+    crop, inner = lesion_crop(image, box, context)
     embedding, maps = segmenter.embed_with_stages(crop) if stages else (segmenter.embed(crop), ())
     (mask,) = segmenter.decode(embedding, [inner])
     return LesionCrop(embedding, mask if mask.any() else box_mask(crop.shape, inner), tuple(maps))

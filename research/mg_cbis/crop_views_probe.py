@@ -30,10 +30,10 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from branet_pacs.datasets.rois import list_roi_files, parse_box
-from branet_pacs.imaging.geometry import box_mask, square_crop
-from branet_pacs.models.feature_head import FeatureHead, logit
+from branet_pacs.imaging.geometry import box_mask
+from branet_pacs.models.feature_head import FeatureHead, input_widths, logit
 from branet_pacs.models.runtime import Engine, available_cores, configure_torch
-from branet_pacs.models.segmenter import LiteMedSAMSegmenter, StagedEncoder, pooled_embedding
+from branet_pacs.models.segmenter import LiteMedSAMSegmenter, StagedEncoder, encode_lesion_crop, pooled_embedding
 from branet_pacs.train import lesion_features
 from crop_embedding_probe import head_oof, line, shipped_head_recipe, shipped_oof
 from common import breast_level, grouped_bootstrap, nested_weight
@@ -64,14 +64,10 @@ def dilate(x: torch.Tensor, cells: int) -> torch.Tensor:
 
 
 def crop_views(segmenter: LiteMedSAMSegmenter, image: np.ndarray, box, scale: float) -> dict[str, np.ndarray]:
-    """The poolings of one lesion crop (the crop, prompt and mask exactly as `lesion_crop_embedding` makes them)."""
+    """The poolings of one lesion crop (the crop, prompt and mask of `encode_lesion_crop` at context `scale`)."""
     x0, y0, x1, y1 = box
-    side = max(int(round(max(x1 - x0, y1 - y0) * scale)), 16)
-    crop, (left, top) = square_crop(image, (x0 + x1) / 2, (y0 + y1) / 2, side)
-    inner_box = (x0 - left, y0 - top, x1 - left, y1 - top)
-    embedding = segmenter.embed(crop)
-    (mask,) = segmenter.decode(embedding, [inner_box])
-    mask = mask if mask.any() else box_mask(crop.shape, inner_box)
+    lesion = encode_lesion_crop(segmenter, image, box, context=scale)
+    embedding, mask, side = lesion.embedding, lesion.mask, lesion.mask.shape[0]
     features = embedding.features[0].float().cpu()
     grid = features.shape[-1]
     m = grid_weights(mask, grid)
@@ -178,12 +174,9 @@ def stage_encoder(segmenter: LiteMedSAMSegmenter):
 
 def stage_views(segmenter: LiteMedSAMSegmenter, encoder, image: np.ndarray, box, scale: float) -> dict:
     """Each encoder stage's map of the lesion crop averaged inside the box-prompted mask and in the shipped ring."""
-    from branet_pacs.models.segmenter import LiteMedSAMEmbedding, encoder_input
+    from branet_pacs.models.segmenter import LiteMedSAMEmbedding, encoder_input, lesion_crop
 
-    x0, y0, x1, y1 = box
-    side = max(int(round(max(x1 - x0, y1 - y0) * scale)), 16)
-    crop, (left, top) = square_crop(image, (x0 + x1) / 2, (y0 + y1) / 2, side)
-    inner_box = (x0 - left, y0 - top, x1 - left, y1 - top)
+    crop, inner_box = lesion_crop(image, box, scale)
     x, resized = encoder_input(crop)
     with torch.inference_mode():
         *maps, neck = encoder(x)
@@ -225,9 +218,7 @@ def load_views(root: Path, scale: float) -> dict[str, np.ndarray] | None:
 
 def shipped_blocks(root: Path, inputs: list[str]) -> list[np.ndarray]:
     """The shipped head's input blocks for an ROI folder, one array per input (from the folder's caches)."""
-    blocks = {"litemedsam": lesion_features.folder_features, "litemedsam-crop": lesion_features.folder_crop_features,
-              "lesion-descriptors": lambda r: lesion_features.folder_descriptors(r)}
-    return [blocks[name](root) for name in inputs]
+    return np.split(lesion_features.head_features(root, inputs), np.cumsum(input_widths(inputs))[:-1], axis=1)
 
 
 def candidate_blocks(root: Path) -> dict[str, np.ndarray]:
