@@ -1,4 +1,5 @@
-"""`branet prepare DATASET ... OUT`: a public dataset -> a 128x128 ROI dataset (`datasets.rois` layout)."""
+"""`branet prepare DATASET ... OUT`: a public dataset -> a ROI dataset (`datasets.rois` layout; 128x128 unless
+`--roi-size` says otherwise)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,18 @@ from branet_pacs.datasets.busi import read_busi
 from branet_pacs.datasets.cbis_ddsm import DEFAULT_ASPECT, read_cbis_ddsm
 from branet_pacs.datasets.mias import read_mias
 from branet_pacs.datasets.rois import PrepareReport, write_roi_dataset
-from branet_pacs.imaging.roi import DEFAULT_WINDOW, WINDOW_DESCRIPTIONS, WINDOWS
+from branet_pacs.imaging.roi import DEFAULT_WINDOW, ROI_SIZE, WINDOW_DESCRIPTIONS, WINDOWS
 
 log = logging.getLogger(__name__)
 
 
 def prepare(dataset: str, out: Path, *, src: Path | None = None, csv_path: Path | None = None,
             images: Path | None = None, margin: float, window: str = DEFAULT_WINDOW, include_normal: bool = False,
-            min_radius: int = 0, aspect: float = DEFAULT_ASPECT, force: bool = False) -> PrepareReport:
+            min_radius: int = 0, aspect: float = DEFAULT_ASPECT, roi_size: int = ROI_SIZE,
+            force: bool = False) -> PrepareReport:
     """Run one dataset reader and write the ROI dataset to `out`. Returns the report (also saved as JSON)."""
     root = Path(images if dataset == "boxes" else src).resolve()
-    report = PrepareReport(dataset, str(root), margin, window)
+    report = PrepareReport(dataset, str(root), margin, window, roi_size=roi_size)
     if dataset == "busi":
         cases = read_busi(root, include_normal)
     elif dataset == "bus-uclm":
@@ -41,6 +43,13 @@ def prepare(dataset: str, out: Path, *, src: Path | None = None, csv_path: Path 
     return report
 
 
+def _roi_size(text: str) -> int:
+    size = int(text)
+    if not 32 <= size <= 512 or size % 16:
+        raise argparse.ArgumentTypeError(f"--roi-size must be a multiple of 16 between 32 and 512, got {text}")
+    return size
+
+
 def _default_margin() -> float:
     from branet_pacs.config import load_config
 
@@ -48,7 +57,7 @@ def _default_margin() -> float:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("prepare", help="turn a dataset into 128x128 ImageFolder ROIs (+ manifest.csv)")
+    parser = subparsers.add_parser("prepare", help="turn a dataset into ImageFolder ROIs (+ manifest.csv)")
     kinds = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -57,6 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--window", choices=WINDOWS, default=DEFAULT_WINDOW,
                        help="ROI grey levels mapped onto [0, 1]: "
                             + "; ".join(f"{name} = {text}" for name, text in WINDOW_DESCRIPTIONS.items()))
+        p.add_argument("--roi-size", type=_roi_size, default=ROI_SIZE,
+                       help=f"side of the square ROIs in pixels (default {ROI_SIZE}, the BraNet size; a classifier "
+                            "trained on them records it, and the pipeline cuts its ROIs at that size)")
         p.add_argument("--force", action="store_true", help="empty OUT first (only a folder prepare wrote)")
         p.set_defaults(func=run)
 
@@ -100,10 +112,10 @@ def run(args: argparse.Namespace) -> int:
                      images=getattr(args, "images", None), margin=margin, window=args.window,
                      include_normal=getattr(args, "include_normal", False),
                      min_radius=getattr(args, "min_radius", 0), aspect=getattr(args, "aspect", DEFAULT_ASPECT),
-                     force=args.force)
+                     roi_size=args.roi_size, force=args.force)
     summary = ", ".join(f"{label} {n}" for label, n in sorted(report.rois.items())) or "none"
     print(f"{report.dataset}: {report.images} images -> ROIs: {summary}; skipped {len(report.skipped)}")
     for reason in report.skipped:
         print(f"  skipped: {reason}")
-    print(f"wrote {args.out}/manifest.csv (margin {margin}, window {args.window})")
+    print(f"wrote {args.out}/manifest.csv (margin {margin}, window {args.window}, {args.roi_size}x{args.roi_size})")
     return 0

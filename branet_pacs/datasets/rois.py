@@ -1,7 +1,7 @@
 """ROI datasets: what `branet prepare` writes from a dataset's cases, and what training and evaluation read.
 
 Layout (OUT):
-    OUT/<label>/<name>-<k>.png          128x128 8-bit ROI (`roi_to_uint8(extract_roi(image, box, margin, levels))`,
+    OUT/<label>/<name>-<k>.png          8-bit ROI, 128x128 or prepare's --roi-size (`roi_to_uint8(extract_roi(image, box, margin, levels))`,
                                         levels from the prepare's grey-level window)
     OUT/<label>/masks/<name>-<k>.png    the lesion's traced mask in the *source frame* (full image size), when the
                                         dataset has traced masks (BUSI); same file name as its ROI
@@ -57,13 +57,14 @@ class PrepareReport:
     margin: float
     window: str = DEFAULT_WINDOW                            # ROI grey-level window (`imaging.roi.WINDOWS`)
     lesion_box: str = DEFAULT_LESION_BOX                    # what the boxes are (`imaging.roi.LESION_BOXES`)
+    roi_size: int = ROI_SIZE                                # side of the square ROIs, pixels
     rois: Counter = field(default_factory=Counter)         # per label
     images: int = 0                                         # source images (cases) read
     skipped: list[str] = field(default_factory=list)        # human-readable reasons
 
     def as_dict(self) -> dict:
         return {"dataset": self.dataset, "source_root": self.source_root, "margin": self.margin,
-                "window": self.window, "lesion_box": self.lesion_box, "rois": dict(sorted(self.rois.items())),
+                "window": self.window, "lesion_box": self.lesion_box, "roi_size": self.roi_size, "rois": dict(sorted(self.rois.items())),
                 "images": self.images, "skipped_count": len(self.skipped), "skipped": self.skipped}
 
 
@@ -163,7 +164,7 @@ def write_roi_dataset(cases: Iterable[Case], out: Path, report: PrepareReport, f
             image = load_gray(cut.source, cut.row_scale)
             cache = (cut.source, image, window_levels(image, report.window))
         roi_file = f"{cut.label}/{cut.name}.png"
-        _save_png(roi_to_uint8(extract_roi(cache[1], cut.box, report.margin, cache[2])), out / roi_file)
+        _save_png(roi_to_uint8(extract_roi(cache[1], cut.box, report.margin, cache[2], report.roi_size)), out / roi_file)
         if cut.mask is not None:
             _save_png(cut.mask.astype(np.uint8) * 255, out / cut.label / "masks" / f"{cut.name}.png")
         report.rois[cut.label] += 1
@@ -207,11 +208,16 @@ def list_roi_files(root: Path) -> list[tuple[str, int]]:
     return found
 
 
-def read_roi_png(path: Path) -> np.ndarray:
+def roi_size_of(data_dir: Path) -> int:
+    """The side of a ROI folder's ROIs (prepare.json "roi_size"; folders from before it was recorded: 128)."""
+    return int(read_prepare_info(data_dir).get("roi_size", ROI_SIZE))
+
+
+def read_roi_png(path: Path, size: int = ROI_SIZE) -> np.ndarray:
     with Image.open(path) as im:
         pixels = np.asarray(im.convert("L"))
-    if pixels.shape != (ROI_SIZE, ROI_SIZE):
-        raise ValueError(f"{path}: ROI must be {ROI_SIZE}x{ROI_SIZE}, got {pixels.shape[1]}x{pixels.shape[0]} "
+    if pixels.shape != (size, size):
+        raise ValueError(f"{path}: ROI must be {size}x{size}, got {pixels.shape[1]}x{pixels.shape[0]} "
                          "(make ROIs with `branet prepare`)")
     return pixels
 
@@ -260,7 +266,8 @@ def load_roi_set(root: str | Path) -> RoiSet:
     groups = tuple(manifest[f]["group"] if f in manifest and manifest[f].get("group") else f for f in files)
     sites = tuple((manifest.get(f, {}).get("site") or default_site) for f in files)
     tags = tuple(parse_tags(manifest.get(f, {}).get("tags") or "") for f in files)
-    pixels = np.stack([read_roi_png(root / f) for f in files])
+    size = roi_size_of(root)
+    pixels = np.stack([read_roi_png(root / f, size) for f in files])
     labels = np.array([label for _, label in entries], dtype=np.int64)
     return RoiSet(root, files, pixels, labels, groups, grouped=bool(manifest), sites=sites, tags=tags)
 
@@ -272,6 +279,8 @@ def load_roi_sets(roots: Iterable[str | Path]) -> RoiSet:
     if len(sets) == 1:
         return sets[0]
     names = [s.sites[0] if s.sites else str(s.root) for s in sets]
+    if len({s.pixels.shape[1:] for s in sets}) > 1:
+        raise ValueError(f"the --data folders hold ROIs of different sizes {[s.pixels.shape[1] for s in sets]}")
     if len(set(names)) != len(names):
         raise ValueError(f"the --data folders must be different sites, got {names}")
     return RoiSet(None, tuple(f"{site}/{f}" for s in sets for f, site in zip(s.files, s.sites)),

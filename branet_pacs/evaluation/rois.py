@@ -28,7 +28,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from branet_pacs.datasets.cases import load_gray, load_mask
-from branet_pacs.datasets.rois import CLASSES, list_roi_files, read_manifest, read_prepare_info, read_roi_png
+from branet_pacs.datasets.rois import (CLASSES, list_roi_files, read_manifest, read_prepare_info, read_roi_png,
+                                      roi_size_of)
 from branet_pacs.evaluation import metrics as M
 from branet_pacs.evaluation import plots
 from branet_pacs.evaluation.metrics import dice_iou, json_safe
@@ -57,7 +58,10 @@ def classify(data_dir: Path, classifier) -> tuple[list[str], np.ndarray, np.ndar
     entries = list_roi_files(data_dir)
     files = [f for f, _ in entries]
     truth = np.array([label for _, label in entries], dtype=int)
-    rois = np.stack([uint8_to_roi(read_roi_png(data_dir / f)) for f in files])
+    if roi_size_of(data_dir) != classifier.roi_size:
+        raise ValueError(f"{data_dir} holds {roi_size_of(data_dir)}-pixel ROIs, classifier '{classifier.name}' reads "
+                         f"{classifier.roi_size}: prepare them with --roi-size {classifier.roi_size}")
+    rois = np.stack([uint8_to_roi(read_roi_png(data_dir / f, classifier.roi_size)) for f in files])
     p = classifier.predict(rois)
     if classifier.feature_head is not None:
         from branet_pacs.train.lesion_features import head_features

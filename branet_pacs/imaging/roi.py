@@ -1,8 +1,9 @@
 """The one ROI code path: pipeline, `branet prepare`, training and evaluation all cut ROIs here.
 
 A ROI is the lesion box widened by a context margin, made square around its centre (so the lesion keeps its
-aspect ratio), padded with black where it leaves the image, put on a grey-level window, resized to 128x128 and
-mapped to [-1, 1] (mean 0.5, std 0.5, as in the BraNet paper).
+aspect ratio), padded with black where it leaves the image, put on a grey-level window, resized to 128x128 (the
+BraNet size; `branet prepare --roi-size` can make larger ones, recorded in the model's manifest entry) and mapped to
+[-1, 1] (mean 0.5, std 0.5, as in the BraNet paper).
 
 The window (`WINDOWS`) is how the ROI's grey levels are set:
 - "roi": stretched to the crop's own 1st-99th percentiles (gain and dynamic-range differences between scanners
@@ -86,13 +87,13 @@ def stretch(crop: np.ndarray, levels: Levels | None = None) -> np.ndarray:
 
 
 def extract_roi(image: np.ndarray, box: Box, margin: float = DEFAULT_MARGIN,
-                levels: Levels | None = None) -> np.ndarray:
-    """ROI tensor (128, 128) float32 in [-1, 1] for the lesion `box` on `image` (2-D, float in [0, 1]).
+                levels: Levels | None = None, size: int = ROI_SIZE) -> np.ndarray:
+    """ROI tensor (size, size) float32 in [-1, 1] for the lesion `box` on `image` (2-D, float in [0, 1]).
     `levels`: the image's shared grey-level window (`window_levels`); None stretches the crop to its own."""
     if image.ndim != 2:
         raise ValueError(f"extract_roi expects a 2-D grayscale image, got shape {image.shape}")
     crop = crop_padded(image.astype(np.float32, copy=False), roi_window(box, margin))
-    small = resize(stretch(crop, levels), (ROI_SIZE, ROI_SIZE), order=1, anti_aliasing=True, preserve_range=True)
+    small = resize(stretch(crop, levels), (size, size), order=1, anti_aliasing=True, preserve_range=True)
     return ((small.astype(np.float32) - 0.5) / 0.5).clip(-1.0, 1.0)
 
 

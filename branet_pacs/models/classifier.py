@@ -19,15 +19,15 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import resnet18
 
-from branet_pacs.imaging.roi import DEFAULT_LESION_BOX, DEFAULT_WINDOW, LESION_BOXES, extract_roi, window_levels
+from branet_pacs.imaging.roi import (DEFAULT_LESION_BOX, DEFAULT_WINDOW, LESION_BOXES, ROI_SIZE, extract_roi,
+                                    window_levels)
 from branet_pacs.models.errors import ModelUnavailable
-from branet_pacs.models.feature_head import LITEMEDSAM, FeatureHead, check_inputs, combine
+from branet_pacs.models.feature_head import EQUAL_WEIGHT, LITEMEDSAM, FeatureHead, check_inputs, combine
 from branet_pacs.models.manifest import ModelEntry, file_sha256, find_model, verified_weights_path
 from branet_pacs.models.onnx_engine import compiled_or_module
 from branet_pacs.models.runtime import Engine, select_device
 from branet_pacs.types import Box
 
-ROI_SIZE = 128
 BATCH_SIZE = 64
 MALIGNANT_CLASS = 1          # logits are (benign, malignant)
 _MEMBER_PREFIX = "member"
@@ -144,7 +144,7 @@ class _Probability(nn.Module):
 
 
 class MalignancyClassifier:
-    """p(malignant) for 128x128 ROIs in [-1, 1] (as made by `branet_pacs.imaging.roi.extract_roi`), combined with the
+    """p(malignant) for square ROIs in [-1, 1] (128x128 unless the manifest input "size" says otherwise) (as made by `branet_pacs.imaging.roi.extract_roi`), combined with the
     feature head's p(malignant) on the lesions' LiteMedSAM features when the model has one."""
 
     def __init__(self, entry: ModelEntry, networks: list[nn.Module], device: torch.device,
@@ -193,6 +193,11 @@ class MalignancyClassifier:
         return check_inputs(self.entry.extra["feature_head"].get("inputs", (LITEMEDSAM,)))
 
     @property
+    def cnn_weight(self) -> float:
+        """The CNN's weight beside the feature head in logit space (manifest extra feature_head "cnn_weight")."""
+        return float(self.entry.extra.get("feature_head", {}).get("cnn_weight", EQUAL_WEIGHT))
+
+    @property
     def roi_margin(self) -> float | None:
         """Context margin the model was trained with (manifest input spec), None when not recorded."""
         margin = self.entry.input.get("margin")
@@ -231,7 +236,7 @@ class MalignancyClassifier:
             return np.zeros((0,), dtype=np.float32)
         margins = self.margin_views or (margin,)
         levels = window_levels(image, self.roi_window)
-        rois = np.stack([extract_roi(image, box, m, levels) for box in boxes for m in margins])
+        rois = np.stack([extract_roi(image, box, m, levels, self.roi_size) for box in boxes for m in margins])
         p = self.predict(rois).reshape(len(boxes), len(margins)).mean(axis=1)
         return self.with_feature_head(p, features)
 
@@ -242,14 +247,14 @@ class MalignancyClassifier:
         if features is None or len(features) != len(p_cnn):
             raise ValueError(f"classifier '{self.name}' has a feature head: give one feature row per ROI "
                              f"({', '.join(self.head_inputs)})")
-        return combine(p_cnn, self.feature_head.predict(features))
+        return combine(p_cnn, self.feature_head.predict(features), self.cnn_weight)
 
     @property
     def ensemble_size(self) -> int:
         return len(self._networks)
 
     def predict(self, rois: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """p(malignant), shape (n,), for ROIs of shape (n, 128, 128) (or one ROI (128, 128) -> shape (1,))."""
+        """p(malignant), shape (n,), for ROIs of shape (n, s, s), s = `roi_size` (or one ROI (s, s) -> shape (1,))."""
         rois = np.asarray(rois, dtype=np.float32)
         if rois.ndim == 2:
             rois = rois[None]

@@ -3,7 +3,8 @@
 LiteMedSAM already encodes every image for segmentation, so its embedding pooled inside the lesion mask and in a ring
 around it (`segmenter.pooled_embedding`, 512 numbers) comes at no extra encoder cost. A linear head on it ranks
 lesions about as well as the CNN at another hospital and makes different mistakes; the classifier's p(malignant) is
-the mean of the two in logit space (`combine`). Measured in docs/pipeline-eval/README.md ("Two ultrasound sites").
+the two mixed in logit space (`combine`): the plain mean, or the CNN weight `branet train --cnn-weight auto` picked on
+out-of-fold predictions (MG: the CNN is the weak part there). Measured in docs/pipeline-eval/README.md ("Two ultrasound sites").
 
 What the head reads is named by its inputs (manifest extra feature_head "inputs", in this order): "litemedsam"
 (the pooled embedding, 512) and, optionally, "litemedsam-crop" (the same pooling with LiteMedSAM encoding a crop
@@ -134,9 +135,35 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def combine(p_cnn: np.ndarray, p_head: np.ndarray) -> np.ndarray:
-    """The mean of two probabilities in logit space (a product of experts with equal weight)."""
-    return (1.0 / (1.0 + np.exp(-(logit(p_cnn) + logit(p_head)) / 2))).astype(np.float32)
+EQUAL_WEIGHT = 0.5                                        # the plain mean of the two logits
+CNN_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))   # the grid `pick_cnn_weight` searches
+
+
+def combine(p_cnn: np.ndarray, p_head: np.ndarray, cnn_weight: float = EQUAL_WEIGHT) -> np.ndarray:
+    """The CNN's and the head's probabilities mixed in logit space: sigmoid(w logit(cnn) + (1 - w) logit(head)),
+    w = `cnn_weight` (manifest extra feature_head "cnn_weight"; 0.5, the plain mean, where it is not recorded)."""
+    z = cnn_weight * logit(p_cnn) + (1.0 - cnn_weight) * logit(p_head)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def pick_cnn_weight(p_cnn: np.ndarray, p_head: np.ndarray, labels: np.ndarray) -> float:
+    """The CNN weight of `CNN_WEIGHTS` whose combination ranks `labels` best (ROC AUC; the smaller weight on a tie)."""
+    from sklearn.metrics import roc_auc_score
+
+    return max(CNN_WEIGHTS, key=lambda w: (roc_auc_score(labels, combine(p_cnn, p_head, w)), -w))
+
+
+def nested_cnn_weight(p_cnn: np.ndarray, p_head: np.ndarray, labels: np.ndarray,
+                      fold: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """Out-of-fold combination with the weight picked on the other folds' out-of-fold predictions (so the figure
+    stays out of fold), and the weight each fold got."""
+    combined, picked = np.zeros(len(labels), dtype=np.float32), []
+    for k in np.unique(fold):
+        held = fold == k
+        w = pick_cnn_weight(p_cnn[~held], p_head[~held], labels[~held])
+        combined[held] = combine(p_cnn[held], p_head[held], w)
+        picked.append(w)
+    return combined, picked
 
 
 def check_inputs(inputs: Sequence[str]) -> tuple[str, ...]:

@@ -35,20 +35,27 @@ class AugmentSettings:
     depth_gain: float = 0.0          # largest top-to-bottom gain change (time-gain compensation), fraction
 
 
-def augment_settings(modality: str, roi_jitter: float = 0.0, scanner: bool = False) -> AugmentSettings:
+WIDE_GAMMA = (0.6, 1.65)
+WIDE_CONTRAST = (0.7, 1.45)
+
+
+def augment_settings(modality: str, roi_jitter: float = 0.0, scanner: bool = False,
+                     intensity: bool = False) -> AugmentSettings:
     """US: left-right flips only (skin is at the top of every US image), speckle-like multiplicative noise.
     MG: a lesion has no up/down or rotation meaning on a film, so flips both ways and 90° turns; no speckle.
 
     `roi_jitter` > 0 widens zoom to 1/(1+j)..(1+j) and shift to j/2 of the side: ROIs cut from ground-truth boxes
     then look like ROIs cut from automatically found boxes, which are off by about that much.
-    `scanner` adds what another scanner or preset changes: blur, lower resolution, depth-dependent gain (US), and
-    wider gamma and contrast ranges.
+    `intensity` widens only the gamma and contrast ranges (film density and exposure; no change of sharpness).
+    `scanner` adds what another scanner or preset changes: those wider ranges, blur, lower resolution and
+    depth-dependent gain (US).
     """
     base = AugmentSettings(speckle=0.12) if modality.lower() == "us" else \
         AugmentSettings(vflip=True, rot90=True, rotate_deg=15.0)
+    if scanner or intensity:
+        base = replace(base, gamma=WIDE_GAMMA, contrast=WIDE_CONTRAST)
     if scanner:
-        base = replace(base, gamma=(0.6, 1.65), contrast=(0.7, 1.45), blur=1.5, resolution=0.5,
-                       depth_gain=0.35 if modality.lower() == "us" else 0.0)
+        base = replace(base, blur=1.5, resolution=0.5, depth_gain=0.35 if modality.lower() == "us" else 0.0)
     if roi_jitter <= 0:
         return base
     return replace(base, scale=(min(base.scale[0], 1.0 / (1.0 + roi_jitter)), max(base.scale[1], 1.0 + roi_jitter)),

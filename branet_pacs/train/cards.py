@@ -93,6 +93,8 @@ def _recipe_text(settings: dict) -> str:
     text = f" with ROI jitter {jitter} (zoom and shift as large as an automatic box's error)" if jitter > 0 else ""
     if settings.get("scanner_aug"):
         text += ", scanner augmentation (blur, lower resolution, depth-dependent gain, wider gamma and contrast)"
+    elif settings.get("intensity_aug"):
+        text += ", wider gamma and contrast augmentation (film density and exposure)"
     if float(settings.get("mixup", 0.0)) > 0:
         text += f", mixup Beta({settings['mixup']}, {settings['mixup']})"
     if float(settings.get("ema", 0.0)) > 0:
@@ -133,6 +135,18 @@ def _head_inputs_text(settings: dict) -> str:
     return text
 
 
+def _combine_text(doc: dict) -> str:
+    weight = doc.get("cnn_weight") or {"shipped": 0.5, "method": "fixed"}
+    w = weight["shipped"]
+    if weight["method"] == "fixed" and w == 0.5:
+        return "the mean of the CNN's and the head's logits"
+    text = f"sigmoid({w} x the CNN's logit + {round(1 - w, 2)} x the head's logit)"
+    if weight["method"] != "fixed":
+        text += (f", the CNN weight picked on the out-of-fold predictions (each fold's figures below with the weight "
+                 f"picked on the other folds: {', '.join(str(v) for v in weight['per_fold'])})")
+    return text
+
+
 def _head_text(doc: dict) -> str:
     parts = doc.get("oof_parts")
     if not parts:
@@ -141,8 +155,8 @@ def _head_text(doc: dict) -> str:
     return f"""
 
 **Feature head.** Beside the CNN, `feature_head.safetensors`: standardisation + class-balanced logistic regression
-(L2, C = {_c(st)}) on {_head_inputs_text(st)}. p(malignant) is the mean of the CNN's and the head's
-logits; the threshold and every figure below are those of the combination. Out of fold, each alone: CNN
+(L2, C = {_c(st)}) on {_head_inputs_text(st)}. p(malignant) is {_combine_text(doc)}; the threshold and
+every figure below are those of the combination. Out of fold, each alone: CNN
 ROC AUC {_fmt(parts['cnn_only']['roc_auc'])}, head {_fmt(parts['feature_head_only']['roc_auc'])}, combined
 {_fmt(doc['oof']['roc_auc'])}."""
 
@@ -163,14 +177,14 @@ def write_model_card(path: Path, doc: dict, loso: dict | None = None) -> Path:
 **Research use only. Not a medical device; not for diagnosis.**
 
 ## Model
-ResNet18 (torchvision architecture, {_init_text(st)}), 1-channel 128×128 input,
+ResNet18 (torchvision architecture, {_init_text(st)}), 1-channel {data.get('roi_size', 128)}×{data.get('roi_size', 128)} input,
 dropout {st['dropout']} before a 2-class head (benign, malignant). Output: p(malignant) = softmax of the head.
 Weights: `weights.safetensors` (fp16; largest probability change vs fp32 on 64 training ROIs:
 {doc['final']['fp16_max_probability_change']:.2e}). Test-time augmentation (left-right flip): {'on' if st['tta'] else 'off'}.{_head_text(doc)}
 
 Input: a ROI made by `branet_pacs.imaging.roi.extract_roi` — the lesion box made square, widened by a margin of
 {data['margin']} of its side, padded with black outside the image, {_window_text(data)},
-resized to 128×128 and mapped to [-1, 1]. The pipeline cuts its ROIs with the same code, margin and window,
+resized to {data.get('roi_size', 128)}×{data.get('roi_size', 128)} and mapped to [-1, 1]. The pipeline cuts its ROIs with the same code, margin and window,
 around {_lesion_box_text(data)}.{_views_text(st)}
 
 ## Data

@@ -44,9 +44,10 @@ from branet_pacs.datasets.folds import make_folds
 from branet_pacs.datasets.rois import RoiSet, load_roi_set, load_roi_sets, read_prepare_info
 from branet_pacs.evaluation import metrics as M
 from branet_pacs.evaluation import plots
-from branet_pacs.imaging.roi import DEFAULT_LESION_BOX, DEFAULT_WINDOW, WINDOW_DESCRIPTIONS
+from branet_pacs.imaging.roi import DEFAULT_LESION_BOX, DEFAULT_WINDOW, ROI_SIZE, WINDOW_DESCRIPTIONS
 from branet_pacs.models.classifier import MALIGNANT_CLASS, build_resnet18, load_classifier_networks, save_classifier
-from branet_pacs.models.feature_head import DEFAULT_C, LITEMEDSAM, FeatureHead, combine, input_widths
+from branet_pacs.models.feature_head import (DEFAULT_C, EQUAL_WEIGHT, LITEMEDSAM, FeatureHead, combine, input_widths,
+                                             nested_cnn_weight, pick_cnn_weight)
 from branet_pacs.models.feature_head import INPUTS as HEAD_INPUTS
 from branet_pacs.models.manifest import ModelEntry, file_sha256, register_model
 from branet_pacs.models.runtime import configure_torch, select_device
@@ -80,6 +81,7 @@ class ClassifierTrainSettings:
     init: str | None = None       # start weights (see `initial_state`), else random
     roi_jitter: float = 0.0       # extra zoom/shift augmentation emulating detector box error (see augment_settings)
     scanner_aug: bool = False     # blur, resolution, depth gain, wider gamma/contrast: another scanner's look
+    intensity_aug: bool = False   # wider gamma/contrast only (film density, exposure)
     margin_views: tuple[float, ...] = ()  # ROI margins the pipeline averages at inference (manifest tta_margins)
     split_seed: int | None = None  # seed of the fold split (default: seed); fix it to compare or ensemble inits
     ema: float = 0.0              # decay of an exponential moving average of the weights (0: off); EMA is scored
@@ -87,6 +89,8 @@ class ClassifierTrainSettings:
     feature_head: bool = False    # also fit the LiteMedSAM-feature head; p(malignant) = logit mean of both
     feature_head_c: tuple[float, ...] = (DEFAULT_C,)   # its inverse L2 strength, one per input (or one for all)
     feature_head_inputs: tuple[str, ...] = (LITEMEDSAM,)   # what it reads (feature_head.INPUTS), a block each
+    cnn_weight: float | None = EQUAL_WEIGHT   # the CNN's weight beside the head in logit space; None: picked on the
+                                              # out-of-fold predictions (`feature_head.pick_cnn_weight`)
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -245,7 +249,7 @@ def _train_epoch(run: Run, x: torch.Tensor, y: torch.Tensor, settings: Classifie
                  weights: torch.Tensor, device: torch.device, amp: torch.dtype | None) -> tuple[float, float]:
     """One pass over (x, y) uint8/int tensors on CPU; returns (mean loss, accuracy at p = 0.5)."""
     run.model.train()
-    aug = augment_settings(settings.modality, settings.roi_jitter, settings.scanner_aug)
+    aug = augment_settings(settings.modality, settings.roi_jitter, settings.scanner_aug, settings.intensity_aug)
     weights = weights.to(device)
     order = torch.randperm(x.shape[0], generator=run.generator)
     total_loss, correct, seen = 0.0, 0, 0
@@ -357,9 +361,20 @@ def _fit_head(features: np.ndarray, labels: np.ndarray, settings: ClassifierTrai
 
 def _plan_signature(data: RoiSet, settings: ClassifierTrainSettings, synthetic: RoiSet | None) -> dict:
     # what the CNN folds depend on: the feature head is fitted after them, so adding it resumes the same folds
-    ignored = ("device", "threads", "margin_views", "feature_head", "feature_head_c", "feature_head_inputs")
+    ignored = ("device", "threads", "margin_views", "feature_head", "feature_head_c", "feature_head_inputs",
+               "cnn_weight")
     keep = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ignored}
     return {"settings": keep, "files": list(data.files), "synthetic": list(synthetic.files) if synthetic else []}
+
+
+def _with_defaults(signature: dict) -> dict:
+    """A stored plan signature with the settings added since it was written at their defaults (which is what the
+    run used), so an older run can still be resumed."""
+    defaults = {k: v for k, v in dataclasses.asdict(ClassifierTrainSettings()).items() if k in _ADDED_SETTINGS}
+    return {**signature, "settings": {**defaults, **signature.get("settings", {})}}
+
+
+_ADDED_SETTINGS = ("intensity_aug",)   # settings that older checkpoints' signature.json does not name
 
 
 DataDirs = str | Path | Sequence[str | Path]
@@ -383,6 +398,7 @@ def _data_info(dirs: list[Path]) -> dict:
 
     return {"margin": shared("margin", None, "margins"), "window": shared("window", DEFAULT_WINDOW, "windows"),
             "lesion_box": shared("lesion_box", DEFAULT_LESION_BOX, "lesion boxes (traced outlines vs annotated boxes)"),
+            "roi_size": shared("roi_size", ROI_SIZE, "sizes"),
             "dataset": "+".join(str(info.get("dataset", "unknown")) for info in infos),
             "dir": ", ".join(str(d) for d in dirs)}
 
@@ -422,7 +438,7 @@ def leave_one_site_out(data_dirs: DataDirs, out_dir: str | Path, settings: Class
                                        synthetic_dir=synthetic_dir, version=f"without-{site}",
                                        features=None if features is None else features[kept])
         p_cnn = predict(model.to(device), torch.from_numpy(data.pixels[held]), device, settings.tta)
-        p = p_cnn if head is None else combine(p_cnn, head.predict(features[held]))
+        p = p_cnn if head is None else combine(p_cnn, head.predict(features[held]), document["cnn_weight"]["shipped"])
         y = data.labels[held]
         report["held_out"][site] = {
             "trained_on": sorted(set(data.sites) - {site}), "n_train": int(len(kept)),
@@ -456,7 +472,7 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
 
     signature = _plan_signature(data, settings, synthetic)
     sig_path = ckpt / "signature.json"
-    if resume and sig_path.exists() and json.loads(sig_path.read_text()) != signature:
+    if resume and sig_path.exists() and _with_defaults(json.loads(sig_path.read_text())) != signature:
         raise ValueError(f"{ckpt} was made with other data or settings; train into a new --out or drop --resume")
     if not resume and ckpt.exists() and any(ckpt.iterdir()):
         raise FileExistsError(f"{ckpt} holds an earlier run: pass --resume to continue it, or remove it")
@@ -494,14 +510,15 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
         oof_fold[val_idx] = k
         fold_results.append(result)
 
-    parts = None
+    parts, cnn_weight = None, None
     if features is not None:
         oof_cnn, oof_head = oof.copy(), np.full(len(data), np.nan)
         for k, (train_idx, val_idx) in enumerate(folds, start=1):
             head = _fit_head(features[train_idx], ys[train_idx], settings)
             head.save(ckpt / f"fold{k}" / HEAD_FILE)   # beside best.safetensors: out-of-fold image evaluation
             oof_head[val_idx] = head.predict(features[val_idx])
-        oof = combine(oof_cnn, oof_head).astype(np.float64)
+        cnn_weight = _cnn_weight(oof_cnn, oof_head, ys, oof_fold, settings.cnn_weight)
+        oof = cnn_weight.pop("oof").astype(np.float64)
         parts = {name: M.binary_metrics(ys, values, M.youden_threshold(ys, values))
                  for name, values in (("cnn_only", oof_cnn), ("feature_head_only", oof_head))}
     threshold = M.youden_threshold(ys, oof)
@@ -540,6 +557,7 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
         "data": {"dir": data_info["dir"], "dataset": data_info["dataset"], "n": len(data),
                  "n_malignant": int(ys.sum()), "grouped": data.grouped, "n_groups": len(set(data.groups)),
                  "margin": margin, "window": data_info["window"], "lesion_box": data_info["lesion_box"],
+                 "roi_size": data_info["roi_size"],
                  "synthetic_dir": str(synthetic_dir) if synthetic_dir else None,
                  "sites": sorted(set(data.sites))},
         "settings": dataclasses.asdict(settings),
@@ -552,6 +570,8 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
         "oof": M.binary_metrics(ys, oof, threshold),
         # with the feature head: each part alone out of fold (each at its own Youden threshold)
         "oof_parts": parts,
+        # with the feature head: the CNN's weight in logit space, and how it was chosen
+        "cnn_weight": cnn_weight,
         # the one threshold, site by site (out of fold): does it hold at every hospital?
         "oof_by_site": {site: M.binary_metrics(ys[np.array(data.sites) == site], oof[np.array(data.sites) == site],
                                                threshold) for site in sorted(set(data.sites))},
@@ -578,22 +598,37 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
         extra["feature_head"] = {"file": f"{out.name}/{HEAD_FILE}", "sha256": file_sha256(out / HEAD_FILE),
                                  "features": "; ".join(HEAD_INPUTS[i] for i in settings.feature_head_inputs),
                                  "inputs": list(settings.feature_head_inputs), "C": list(settings.feature_head_c),
-                                 "combine": "mean of the CNN's and the head's logits"}
+                                 "cnn_weight": cnn_weight["shipped"],
+                                 "combine": f"sigmoid({cnn_weight['shipped']} x the CNN's logit + "
+                                            f"{round(1 - cnn_weight['shipped'], 2)} x the head's logit)"}
     if register:
         entry = ModelEntry(
             name=name, kind="classifier", modality=settings.modality.upper(), version=version,
             file=f"{out.name}/{WEIGHTS_FILE}", sha256=file_sha256(weights_path), threshold=round(threshold, 6),
-            input=classifier_input_spec(margin, settings.margin_views, data_info["window"], data_info["lesion_box"]),
+            input=classifier_input_spec(margin, settings.margin_views, data_info["window"], data_info["lesion_box"],
+                                        data_info["roi_size"]),
             extra=extra)
         register_model(out.parent, entry)
     return document, final_model, final_head
 
 
+def _cnn_weight(oof_cnn: np.ndarray, oof_head: np.ndarray, labels: np.ndarray, fold: np.ndarray,
+                fixed: float | None) -> dict:
+    """The CNN's weight beside the head: `fixed`, or (None) picked on all out-of-fold predictions for the shipped
+    model, while the out-of-fold figures use the weight picked without each fold (nested: they stay out of fold)."""
+    if fixed is not None:
+        return {"shipped": fixed, "method": "fixed", "oof": combine(oof_cnn, oof_head, fixed)}
+    oof, per_fold = nested_cnn_weight(oof_cnn, oof_head, labels, fold)
+    return {"shipped": pick_cnn_weight(oof_cnn, oof_head, labels), "per_fold": per_fold, "oof": oof,
+            "method": "ROC AUC of the out-of-fold combination; each fold's own figures with the weight picked "
+                      "on the other folds"}
+
+
 def classifier_input_spec(margin: float, margin_views: Sequence[float] = (), window: str = DEFAULT_WINDOW,
-                          lesion_box: str = DEFAULT_LESION_BOX) -> dict:
+                          lesion_box: str = DEFAULT_LESION_BOX, roi_size: int = ROI_SIZE) -> dict:
     """The manifest's input block for a classifier trained on ROIs cut at `margin` on grey-level `window` around
     boxes of kind `lesion_box`."""
-    spec = {"size": 128, "channels": 1, "range": [-1.0, 1.0], "margin": margin, "window": window,
+    spec = {"size": roi_size, "channels": 1, "range": [-1.0, 1.0], "margin": margin, "window": window,
             "lesion_box": lesion_box,
             "normalisation": f"extract_roi: square box + margin, {WINDOW_DESCRIPTIONS[window]} -> [0, 1], "
                              "(x - 0.5) / 0.5"}

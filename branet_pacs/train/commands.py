@@ -27,6 +27,19 @@ def _margins(text: str) -> tuple[float, ...]:
     return margins
 
 
+def _cnn_weight(text: str) -> float | None:
+    """--cnn-weight: a number in [0, 1], or 'auto' (None: picked on the out-of-fold predictions)."""
+    if text == "auto":
+        return None
+    try:
+        weight = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cnn-weight must be a number in [0, 1] or 'auto', got {text!r}") from None
+    if not 0.0 <= weight <= 1.0:
+        raise argparse.ArgumentTypeError(f"--cnn-weight must be in [0, 1], got {text!r}")
+    return weight
+
+
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="k-fold cross-validated ResNet18 training; writes models/NAME")
     p.add_argument("--data", type=Path, required=True, action="append",
@@ -60,6 +73,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scanner-aug", action="store_true",
                    help="also augment what another scanner changes: blur, lower resolution, depth-dependent gain (US), "
                         "wider gamma and contrast")
+    p.add_argument("--intensity-aug", action="store_true",
+                   help="wider gamma and contrast ranges only (film density and exposure), without the blur and "
+                        "resampling of --scanner-aug")
     p.add_argument("--feature-head", action="store_true",
                    help="also fit a logistic-regression head on LiteMedSAM lesion features (computed from the "
                         "ROIs' source images, cached in each ROI folder) and combine it with the CNN")
@@ -71,6 +87,10 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--head-c", default=None,
                    help="the head's inverse L2 strength, one for every block or one per block, e.g. 0.01,0.1 "
                         "(default 0.003)")
+    p.add_argument("--cnn-weight", type=_cnn_weight, default=0.5,
+                   help="with a feature head: the CNN's weight w in logit = w CNN + (1 - w) head (default 0.5, the "
+                        "plain mean), or 'auto': picked on the out-of-fold predictions (each fold's figures with the "
+                        "weight picked on the other folds)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="score and ship an exponential moving average of the weights with this decay per step, "
                         "e.g. 0.99 (0 = off)")
@@ -97,11 +117,11 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         synthetic_ratio=args.synthetic_ratio, device=args.device, threads=args.threads, tta=args.tta,
         precision=args.precision, init=str(args.init) if args.init else None,
-        roi_jitter=args.roi_jitter, scanner_aug=args.scanner_aug, margin_views=args.margin_views,
+        roi_jitter=args.roi_jitter, scanner_aug=args.scanner_aug, intensity_aug=args.intensity_aug, margin_views=args.margin_views,
         split_seed=args.split_seed, feature_head=args.feature_head or args.head_c is not None
         or args.head_inputs != "litemedsam", feature_head_inputs=check_inputs(args.head_inputs.split(",")),
         feature_head_c=tuple(float(c) for c in args.head_c.split(",")) if args.head_c else (DEFAULT_C,),
-        ema=args.ema, mixup=args.mixup)
+        ema=args.ema, mixup=args.mixup, cnn_weight=args.cnn_weight)
     if args.validate_by == "site":
         report = leave_one_site_out(args.data, args.out, settings, resume=args.resume, synthetic_dir=args.synthetic)
         print(f"{'held-out site':14} {'ROIs':>5} {'ROC AUC':>8} {'bal.acc':>8} {'sens':>6} {'spec':>6}  trained on")

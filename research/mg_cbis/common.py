@@ -6,9 +6,9 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from branet_pacs.models.feature_head import FeatureHead, logit
+from branet_pacs.models.feature_head import CNN_WEIGHTS, FeatureHead, logit, nested_cnn_weight
 
-WEIGHTS = np.round(np.arange(0.0, 1.01, 0.1), 2)   # CNN weights w in logit = w cnn + (1 - w) head
+WEIGHTS = np.array(CNN_WEIGHTS)   # CNN weights w in logit = w cnn + (1 - w) head (the product's grid)
 
 
 def head_out_of_fold(x: np.ndarray, widths: Sequence[int], C: Sequence[float], y: np.ndarray,
@@ -22,14 +22,10 @@ def head_out_of_fold(x: np.ndarray, widths: Sequence[int], C: Sequence[float], y
 
 
 def nested_weight(cnn: np.ndarray, head: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, list]:
-    """Out-of-fold combined logit with w picked (max AUC) on the other folds; and the w picked per fold."""
-    out, picked = np.zeros(len(y)), []
-    for k in np.unique(fold):
-        rest = fold != k
-        w = max(WEIGHTS, key=lambda w: roc_auc_score(y[rest], w * cnn[rest] + (1 - w) * head[rest]))
-        out[~rest] = w * cnn[~rest] + (1 - w) * head[~rest]
-        picked.append(float(w))
-    return out, picked
+    """Out-of-fold combined logit with w picked (max AUC) on the other folds; and the w picked per fold
+    (`feature_head.nested_cnn_weight`, what `branet train --cnn-weight auto` does, on logits)."""
+    combined, picked = nested_cnn_weight(1 / (1 + np.exp(-cnn)), 1 / (1 + np.exp(-head)), y, fold)
+    return logit(combined), picked
 
 
 def breast_level(files, groups, labels, p):

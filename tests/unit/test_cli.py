@@ -61,3 +61,13 @@ def test_export_models_leaves_every_shipped_graph_in_the_cache(tmp_path, capsys,
     assert "nothing to export" in capsys.readouterr().out
     settings.write_text('engine = "tensorrt"\n')
     assert main(["export-models", "--config", str(settings)]) == 2
+
+
+def test_train_cnn_weight_is_a_number_in_0_1_or_auto(tmp_path, capsys):
+    import pytest
+
+    for bad in ("1.5", "half"):
+        with pytest.raises(SystemExit) as stop:
+            main(["train", "--data", str(tmp_path), "--modality", "mg", "--out", str(tmp_path / "m"),
+                  "--cnn-weight", bad])
+        assert stop.value.code == 2 and "--cnn-weight" in capsys.readouterr().err

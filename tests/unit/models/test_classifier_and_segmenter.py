@@ -449,6 +449,13 @@ def test_classifier_with_a_feature_head_combines_and_checks_it(tmp_path: Path) -
                                combine(cnn, head.predict(features)), atol=1e-6)
     with pytest.raises(ValueError, match="feature head"):
         clf.predict_boxes(image, boxes, 0.15)           # a head without its features is a bug, not a silent CNN
+    weighted = _entry("us-test", entry.file, entry.sha256, version="2.0.1", threshold=0.4,
+                      extra={"feature_head": {**spec, "cnn_weight": 0.2}})
+    register_model(models, weighted)
+    clf = MalignancyClassifier.load(models, "US", device="cpu")
+    assert clf.version == "2.0.1" and clf.cnn_weight == 0.2
+    np.testing.assert_allclose(clf.predict_boxes(image, boxes, 0.15, features),
+                               combine(cnn, head.predict(features), 0.2), atol=1e-6)
     (models / "us-test" / "feature_head.safetensors").write_bytes(b"tampered")
     with pytest.raises(ModelUnavailable, match="SHA-256"):
         MalignancyClassifier.load(models, "US", device="cpu")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from branet_pacs.models.errors import ModelUnavailable
-from branet_pacs.models.feature_head import FeatureHead, combine
+from branet_pacs.models.feature_head import FeatureHead, combine, nested_cnn_weight, pick_cnn_weight
 
 
 def _separable(rng: np.random.Generator, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -41,6 +41,26 @@ def test_combination_is_the_logit_mean() -> None:
     np.testing.assert_allclose(combine(p, 1 - p), 0.5, atol=1e-6)           # opposite opinions cancel
     np.testing.assert_allclose(combine(np.array([0.2]), np.array([0.8])), combine(np.array([0.8]), np.array([0.2])))
     assert combine(np.array([0.0]), np.array([1.0]))[0] == pytest.approx(0.5)  # clipped, never nan
+
+
+def test_the_cnn_weight_mixes_logits_and_is_picked_where_the_cnn_carries_nothing() -> None:
+    cnn, head = np.array([0.2, 0.9], dtype=np.float32), np.array([0.7, 0.4], dtype=np.float32)
+    np.testing.assert_allclose(combine(cnn, head, 0.0), head, atol=1e-6)
+    np.testing.assert_allclose(combine(cnn, head, 1.0), cnn, atol=1e-6)
+    z = 0.3 * np.log(cnn / (1 - cnn)) + 0.7 * np.log(head / (1 - head))
+    np.testing.assert_allclose(combine(cnn, head, 0.3), 1 / (1 + np.exp(-z)), atol=1e-6)
+
+    rng = np.random.default_rng(3)
+    labels = np.arange(200) % 2
+    informative = np.clip(0.5 + 0.3 * (labels - 0.5) + rng.normal(0, 0.15, 200), 0.01, 0.99)
+    noise = rng.uniform(0.05, 0.95, 200)
+    assert pick_cnn_weight(noise, informative, labels) <= 0.2          # a CNN of noise gets (almost) no say
+    assert pick_cnn_weight(informative, noise, labels) >= 0.8
+    fold = np.arange(200) % 5
+    nested, picked = nested_cnn_weight(noise, informative, labels, fold)
+    assert len(picked) == 5 and all(w <= 0.3 for w in picked)
+    k = 2                                   # each fold's rows use the weight picked without them
+    np.testing.assert_allclose(nested[fold == k], combine(noise[fold == k], informative[fold == k], picked[k]))
 
 
 def test_two_blocks_each_fit_alone_and_the_head_averages_their_logits(tmp_path) -> None:

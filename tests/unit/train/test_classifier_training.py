@@ -158,6 +158,15 @@ def test_resume_of_a_finished_run_reuses_folds_and_refuses_silent_overwrite(trai
                     synthetic_dir=trained["synthetic"], resume=True, register=False)
 
 
+def test_intensity_augmentation_widens_gamma_and_contrast_without_blur_or_resampling() -> None:
+    plain, intensity = augment_settings("mg"), augment_settings("mg", intensity=True)
+    scanner = augment_settings("mg", scanner=True)
+    assert intensity.gamma[0] < plain.gamma[0] and intensity.gamma[1] > plain.gamma[1]
+    assert intensity.contrast[0] < plain.contrast[0] and intensity.contrast[1] > plain.contrast[1]
+    assert (intensity.blur, intensity.resolution) == (plain.blur, plain.resolution) == (0.0, 1.0)
+    assert (scanner.gamma, scanner.contrast) == (intensity.gamma, intensity.contrast) and scanner.blur > 0
+
+
 def test_augmentation_keeps_range_and_changes_pixels() -> None:
     g = torch.Generator().manual_seed(0)
     batch = torch.rand(6, 1, 128, 128) * 2 - 1
@@ -374,6 +383,20 @@ def test_feature_head_is_fitted_on_the_same_folds_and_shipped_beside_the_cnn(tmp
     assert clf.version == "0.0.2" and clf.head_inputs == ("litemedsam", "lesion-descriptors")
     assert clf.feature_head.widths == (512, 53) and doc["oof_parts"]["feature_head_only"]["roc_auc"] > 0.9
     assert "hand-made descriptors" in (out / "MODEL_CARD.md").read_text()
+    # the CNN weight picked out of fold (the fake features carry the label, the 1-epoch CNN next to nothing): the
+    # figures use the weight picked without each fold, the manifest the one picked on all; the CNN folds resume
+    doc = train_model([a], out, dataclasses.replace(two, cnn_weight=None), resume=True, version="0.0.3")
+    weight = doc["cnn_weight"]
+    assert weight["method"] != "fixed" and len(weight["per_fold"]) == 2 and 0.0 <= weight["shipped"] <= 1.0
+    clf = MalignancyClassifier.load(tmp_path / "models", "US", device="cpu")
+    assert clf.version == "0.0.3" and clf.cnn_weight == weight["shipped"]
+    assert "picked on the out-of-fold predictions" in (out / "MODEL_CARD.md").read_text()
+    # a checkpoint folder written before a training setting existed resumes as if it had its default
+    signature = out / "checkpoints" / "signature.json"
+    stored = json.loads(signature.read_text())
+    del stored["settings"]["intensity_aug"]
+    signature.write_text(json.dumps(stored))
+    train_model([a], out, two, resume=True, version="0.0.4", register=False)
 
 
 def test_leave_one_site_out_with_the_head_reports_each_part_and_registers_its_models(tmp_path: Path,
@@ -389,3 +412,35 @@ def test_leave_one_site_out_with_the_head_reports_each_part_and_registers_its_mo
 
     names = {e.name for e in read_manifest(tmp_path / "loso")}
     assert names == {"without-site-a", "without-site-b"}                     # loadable by branet evaluate(-images)
+
+
+def test_a_larger_roi_size_goes_from_prepare_through_training_to_the_pipelines_cut(tmp_path: Path) -> None:
+    from branet_pacs.datasets.rois import PrepareReport, write_roi_dataset
+    from branet_pacs.evaluation.rois import classify
+    from branet_pacs.models.classifier import MalignancyClassifier
+
+    from synthetic import blob_case
+
+    rng = np.random.default_rng(4)
+    cases = [blob_case(rng, tmp_path / "src", f"{label[0]}{i}", category=label, group=f"p{i}")
+             for label in ("benign", "malignant") for i in range(4)]
+    rois = tmp_path / "rois-160"
+    write_roi_dataset(cases, rois, PrepareReport("synthetic", str(tmp_path / "src"), 0.15, roi_size=160))
+    data = load_roi_set(rois)
+    assert data.pixels.shape[1:] == (160, 160)
+    assert json.loads((rois / "prepare.json").read_text())["roi_size"] == 160
+    settings = dataclasses.replace(SETTINGS, synthetic_ratio=0.0, epochs=1)
+    doc = train_model(rois, tmp_path / "models" / "big-us", settings, version="0.0.1")
+    assert doc["data"]["roi_size"] == 160
+    clf = MalignancyClassifier.load(tmp_path / "models", "US", device="cpu")
+    assert clf.roi_size == 160 and clf.entry.input["size"] == 160
+    image = rng.uniform(size=(200, 240)).astype(np.float32)
+    p = clf.predict_boxes(image, [(40, 50, 120, 140)], clf.roi_margin)       # cut at 160 by the one ROI path
+    assert p.shape == (1,) and 0.0 <= p[0] <= 1.0
+    assert len(classify(rois, clf)[0]) == 8
+    small = tmp_path / "rois-128"
+    write_roi_dataset(cases, small, PrepareReport("synthetic", str(tmp_path / "src"), 0.15))
+    with pytest.raises(ValueError, match="--roi-size 160"):
+        classify(small, clf)
+    with pytest.raises(ValueError, match="different sizes"):
+        trainer.load_roi_sets([rois, small])
