@@ -144,6 +144,9 @@ def _combine_text(doc: dict) -> str:
     if weight["method"] != "fixed":
         text += (f", the CNN weight picked on the out-of-fold predictions (each fold's figures below with the weight "
                  f"picked on the other folds: {', '.join(str(v) for v in weight['per_fold'])})")
+    if w == 0:
+        text += (" — so the head alone decides: on these data the CNN added nothing to it out of fold (it still runs, "
+                 "and a retrained CNN that helps gets a weight again)")
     return text
 
 
