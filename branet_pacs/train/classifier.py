@@ -12,7 +12,8 @@ Procedure (what MODEL_CARD.md states, `train.cards`):
    (one 11 M-parameter network, 22 MB in fp16; a 5-fold ensemble would be five times that in the repository).
 5. `--feature-head`: a logistic regression on LiteMedSAM lesion features (`models.feature_head`) is fitted on the
    same training folds; the OOF figures and the threshold are those of the CNN + head combination, the parts are
-   reported alone too, and the shipped head is fitted on all ROIs.
+   reported alone too, and the shipped head is fitted on all ROIs. The CNN's weight beside it is fixed (0.5: the
+   logit mean) or, with `--cnn-weight auto`, picked on the out-of-fold predictions (nested for the figures).
 
 Everything resumable: `OUT/checkpoints/fold<k>/last.pt` after each epoch (loaded with weights_only=True),
 `done.json` when a fold is finished.
@@ -86,7 +87,7 @@ class ClassifierTrainSettings:
     split_seed: int | None = None  # seed of the fold split (default: seed); fix it to compare or ensemble inits
     ema: float = 0.0              # decay of an exponential moving average of the weights (0: off); EMA is scored
     mixup: float = 0.0            # Beta(a, a) parameter of mixup between training ROIs (0: off)
-    feature_head: bool = False    # also fit the LiteMedSAM-feature head; p(malignant) = logit mean of both
+    feature_head: bool = False    # also fit the LiteMedSAM-feature head, combined with the CNN in logit space
     feature_head_c: tuple[float, ...] = (DEFAULT_C,)   # its inverse L2 strength, one per input (or one for all)
     feature_head_inputs: tuple[str, ...] = (LITEMEDSAM,)   # what it reads (feature_head.INPUTS), a block each
     cnn_weight: float | None = EQUAL_WEIGHT   # the CNN's weight beside the head in logit space; None: picked on the
@@ -367,14 +368,14 @@ def _plan_signature(data: RoiSet, settings: ClassifierTrainSettings, synthetic: 
     return {"settings": keep, "files": list(data.files), "synthetic": list(synthetic.files) if synthetic else []}
 
 
+_ADDED_SETTINGS = ("intensity_aug",)   # settings that older checkpoints' signature.json does not name
+
+
 def _with_defaults(signature: dict) -> dict:
     """A stored plan signature with the settings added since it was written at their defaults (which is what the
     run used), so an older run can still be resumed."""
     defaults = {k: v for k, v in dataclasses.asdict(ClassifierTrainSettings()).items() if k in _ADDED_SETTINGS}
     return {**signature, "settings": {**defaults, **signature.get("settings", {})}}
-
-
-_ADDED_SETTINGS = ("intensity_aug",)   # settings that older checkpoints' signature.json does not name
 
 
 DataDirs = str | Path | Sequence[str | Path]
