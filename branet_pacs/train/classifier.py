@@ -589,9 +589,8 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
                          "this_process": time.perf_counter() - started},
     }
     _write_outputs(out, document, fold_results, ys, oof, oof_fold)
-    (out / "oof_predictions.csv").write_text(
-        "file,truth,p_malignant,fold\n" + "".join(f"{f},{int(t)},{p:.6f},{k}\n"
-                                                  for f, t, p, k in zip(data.files, ys, oof, oof_fold)))
+    _write_oof_predictions(out / "oof_predictions.csv", data.files, ys, oof, oof_fold,
+                           None if features is None else (oof_cnn, oof_head))
     extra = {"dropout": settings.dropout, "tta": settings.tta, "architecture": "resnet18-1ch-2cls", "members": 1,
              "cv_roc_auc": round(document["summary"]["roc_auc"]["mean"], 4),
              "cv_balanced_accuracy": round(document["summary"]["balanced_accuracy"]["mean"], 4)}
@@ -611,6 +610,17 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
             extra=extra)
         register_model(out.parent, entry)
     return document, final_model, final_head
+
+
+def _write_oof_predictions(path: Path, files: Sequence[str], labels: np.ndarray, p: np.ndarray, fold: np.ndarray,
+                           parts: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """One row per ROI: truth, out-of-fold p(malignant), its fold; with a feature head also each part's p (p_cnn,
+    p_head), so a later analysis needs no refit to take the combination apart."""
+    columns = ["file", "truth", "p_malignant", "fold"] + (["p_cnn", "p_head"] if parts else [])
+    rows = [[f, str(int(t)), f"{q:.6f}", str(k)] for f, t, q, k in zip(files, labels, p, fold)]
+    if parts:
+        rows = [row + [f"{c:.6f}", f"{h:.6f}"] for row, c, h in zip(rows, *parts)]
+    path.write_text("".join(",".join(row) + "\n" for row in [columns, *rows]))
 
 
 def _cnn_weight(oof_cnn: np.ndarray, oof_head: np.ndarray, labels: np.ndarray, fold: np.ndarray,

@@ -8,7 +8,7 @@ patient-grouped folds as the shipped mg-resnet18 (its oof_predictions.csv), it s
 embedding, with the crop embedding, and with both, each alone and combined with the shipped CNN; and the cross-site
 check (fit on all of CBIS-DDSM, score mini-MIAS lesions).
 
-The shipped CNN's out-of-fold logit is recovered from oof_predictions.csv (the product's p = mean of the CNN and head
+The shipped CNN's out-of-fold logit is read from oof_predictions.csv's p_cnn, or for older models recovered from it (the product's p = mean of the CNN and head
 logits): cnn = 2 logit(p) - head, with the shipped head (its inputs and C read from the model's metrics.json: 2.0.0
 film + descriptors, 2.1.0 film + crop + descriptors) refitted on the same training folds.
 
@@ -40,6 +40,16 @@ def shipped_oof(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
         rows = {r["file"]: r for r in csv.DictReader(f)}
     return (np.array([float(rows[f]["p_malignant"]) for f in files]),
             np.array([int(rows[f]["fold"]) for f in files]))
+
+
+def shipped_cnn_logit(files: list[str], p_product: np.ndarray, shipped_head: np.ndarray) -> np.ndarray:
+    """The shipped CNN's out-of-fold logit: oof_predictions.csv's p_cnn (written since 2.3.0), else recovered from a
+    plain-mean product as 2 logit(p) - head."""
+    with open(SHIPPED / "oof_predictions.csv") as f:
+        rows = {r["file"]: r for r in csv.DictReader(f)}
+    if "p_cnn" in next(iter(rows.values())):
+        return logit(np.array([float(rows[f]["p_cnn"]) for f in files]))
+    return 2 * logit(p_product) - shipped_head
 
 
 def shipped_head_recipe() -> tuple[list[str], list[float]]:
@@ -78,7 +88,7 @@ def main() -> None:
     inputs, shipped_c = shipped_head_recipe()
     blocks = {"litemedsam": film, "litemedsam-crop": crop, "lesion-descriptors": desc}
     shipped_head = head_oof([blocks[name] for name in inputs], shipped_c, y, fold)
-    cnn = 2 * logit(p_product) - shipped_head
+    cnn = shipped_cnn_logit(files, p_product, shipped_head)
     print(f"CBIS-DDSM {len(y)} ROIs, the shipped model's 5 grouped folds")
 
     def both(name, z):

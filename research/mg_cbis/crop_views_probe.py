@@ -35,7 +35,7 @@ from branet_pacs.models.feature_head import FeatureHead, input_widths, logit
 from branet_pacs.models.runtime import Engine, available_cores, configure_torch
 from branet_pacs.models.segmenter import LiteMedSAMSegmenter, StagedEncoder, encode_lesion_crop, pooled_embedding
 from branet_pacs.train import lesion_features
-from crop_embedding_probe import head_oof, line, shipped_head_recipe, shipped_oof
+from crop_embedding_probe import head_oof, line, shipped_cnn_logit, shipped_head_recipe, shipped_oof
 from common import breast_level, grouped_bootstrap, nested_weight
 
 SHIPPED_SCALE = 2.5
@@ -255,8 +255,8 @@ def score(root: Path, mias: Path | None, c_grid: list[float]) -> None:
     inputs, base_c = shipped_head_recipe()
     base_blocks = shipped_blocks(root, inputs)
     shipped_head = head_oof(base_blocks, base_c, y, fold)
-    cnn = 2 * logit(p_product) - shipped_head
-    shipped_product = (shipped_head + cnn) / 2
+    cnn = shipped_cnn_logit(files, p_product, shipped_head)
+    shipped_product = (shipped_head + cnn) / 2      # the plain logit mean (2.2.0's combination; 2.3.0: the head)
 
     def report(name: str, z: np.ndarray) -> None:
         z2 = (z + cnn) / 2

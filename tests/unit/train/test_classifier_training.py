@@ -17,6 +17,7 @@ from branet_pacs.datasets.rois import load_roi_set
 from branet_pacs.models.classifier import MalignancyClassifier
 from branet_pacs.models.manifest import file_sha256, find_model
 from branet_pacs.train import cards
+from branet_pacs.models.feature_head import combine
 from branet_pacs.train import classifier as trainer
 from branet_pacs.train.augment import augment_rois, augment_settings
 from branet_pacs.train.classifier import SYNTHETIC_PREFIX, ClassifierTrainSettings, fit, train_model
@@ -366,6 +367,10 @@ def test_feature_head_is_fitted_on_the_same_folds_and_shipped_beside_the_cnn(tmp
     out = tmp_path / "models" / "with-head"
     doc = train_model([a], out, settings, version="0.0.1")
     assert set(doc["oof_parts"]) == {"cnn_only", "feature_head_only"}
+    header, first = (out / "oof_predictions.csv").read_text().splitlines()[:2]
+    assert header == "file,truth,p_malignant,fold,p_cnn,p_head"        # the parts, for analyses that take it apart
+    p, p_cnn, p_head = (float(v) for v in first.split(",")[2:3] + first.split(",")[4:6])
+    assert p == pytest.approx(float(combine(np.array([p_cnn]), np.array([p_head]))[0]), abs=2e-6)
     assert doc["oof_parts"]["feature_head_only"]["roc_auc"] > 0.9          # the fake features carry the label
     for fold in (1, 2):
         assert (out / "checkpoints" / f"fold{fold}" / "feature_head.safetensors").is_file()
