@@ -1,8 +1,9 @@
 """ROI datasets: what `branet prepare` writes from a dataset's cases, and what training and evaluation read.
 
 Layout (OUT):
-    OUT/<label>/<name>-<k>.png          8-bit ROI, 128x128 or prepare's --roi-size (`roi_to_uint8(extract_roi(image, box, margin, levels))`,
-                                        levels from the prepare's grey-level window)
+    OUT/<label>/<name>-<k>.png          8-bit ROI, 128x128 or prepare's --roi-size
+                                        (`roi_to_uint8(extract_roi(image, box, margin, levels, roi_size))`, levels from
+                                        the prepare's grey-level window)
     OUT/<label>/masks/<name>-<k>.png    the lesion's traced mask in the *source frame* (full image size), when the
                                         dataset has traced masks (BUSI); same file name as its ROI
     OUT/manifest.csv                    roi_file,source,label,group,box,site,tags  (box = "x0 y0 x1 y1", source
@@ -64,7 +65,8 @@ class PrepareReport:
 
     def as_dict(self) -> dict:
         return {"dataset": self.dataset, "source_root": self.source_root, "margin": self.margin,
-                "window": self.window, "lesion_box": self.lesion_box, "roi_size": self.roi_size, "rois": dict(sorted(self.rois.items())),
+                "window": self.window, "lesion_box": self.lesion_box, "roi_size": self.roi_size,
+                "rois": dict(sorted(self.rois.items())),
                 "images": self.images, "skipped_count": len(self.skipped), "skipped": self.skipped}
 
 
@@ -164,7 +166,8 @@ def write_roi_dataset(cases: Iterable[Case], out: Path, report: PrepareReport, f
             image = load_gray(cut.source, cut.row_scale)
             cache = (cut.source, image, window_levels(image, report.window))
         roi_file = f"{cut.label}/{cut.name}.png"
-        _save_png(roi_to_uint8(extract_roi(cache[1], cut.box, report.margin, cache[2], report.roi_size)), out / roi_file)
+        roi = extract_roi(cache[1], cut.box, report.margin, cache[2], report.roi_size)
+        _save_png(roi_to_uint8(roi), out / roi_file)
         if cut.mask is not None:
             _save_png(cut.mask.astype(np.uint8) * 255, out / cut.label / "masks" / f"{cut.name}.png")
         report.rois[cut.label] += 1

@@ -58,10 +58,11 @@ def classify(data_dir: Path, classifier) -> tuple[list[str], np.ndarray, np.ndar
     entries = list_roi_files(data_dir)
     files = [f for f, _ in entries]
     truth = np.array([label for _, label in entries], dtype=int)
-    if roi_size_of(data_dir) != classifier.roi_size:
-        raise ValueError(f"{data_dir} holds {roi_size_of(data_dir)}-pixel ROIs, classifier '{classifier.name}' reads "
+    size = roi_size_of(data_dir)
+    if size != classifier.roi_size:
+        raise ValueError(f"{data_dir} holds {size}-pixel ROIs, classifier '{classifier.name}' reads "
                          f"{classifier.roi_size}: prepare them with --roi-size {classifier.roi_size}")
-    rois = np.stack([uint8_to_roi(read_roi_png(data_dir / f, classifier.roi_size)) for f in files])
+    rois = np.stack([uint8_to_roi(read_roi_png(data_dir / f, size)) for f in files])
     p = classifier.predict(rois)
     if classifier.feature_head is not None:
         from branet_pacs.train.lesion_features import head_features

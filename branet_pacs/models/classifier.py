@@ -144,8 +144,9 @@ class _Probability(nn.Module):
 
 
 class MalignancyClassifier:
-    """p(malignant) for square ROIs in [-1, 1] (128x128 unless the manifest input "size" says otherwise) (as made by `branet_pacs.imaging.roi.extract_roi`), combined with the
-    feature head's p(malignant) on the lesions' LiteMedSAM features when the model has one."""
+    """p(malignant) for square ROIs in [-1, 1] (128x128 unless the manifest input "size" says otherwise; made by
+    `branet_pacs.imaging.roi.extract_roi`), combined with the feature head's p(malignant) on the lesions' LiteMedSAM
+    features when the model has one."""
 
     def __init__(self, entry: ModelEntry, networks: list[nn.Module], device: torch.device,
                  feature_head: FeatureHead | None = None, engine: Engine = Engine()) -> None:

@@ -4,7 +4,8 @@ LiteMedSAM already encodes every image for segmentation, so its embedding pooled
 around it (`segmenter.pooled_embedding`, 512 numbers) comes at no extra encoder cost. A linear head on it ranks
 lesions about as well as the CNN at another hospital and makes different mistakes; the classifier's p(malignant) is
 the two mixed in logit space (`combine`): the plain mean, or the CNN weight `branet train --cnn-weight auto` picked on
-out-of-fold predictions (MG: the CNN is the weak part there). Measured in docs/pipeline-eval/README.md ("Two ultrasound sites").
+out-of-fold predictions (MG: the CNN is the weak part there). Measured in docs/pipeline-eval/README.md ("Two
+ultrasound sites") and docs/mammography.md.
 
 What the head reads is named by its inputs (manifest extra feature_head "inputs", in this order): "litemedsam"
 (the pooled embedding, 512) and, optionally, "litemedsam-crop" (the same pooling with LiteMedSAM encoding a crop

@@ -10,7 +10,9 @@ import numpy as np
 
 from branet_pacs.datasets.readers import citation_of
 from branet_pacs.evaluation import metrics as M
-from branet_pacs.imaging.roi import DEFAULT_LESION_BOX, DEFAULT_WINDOW, LESION_BOX_DESCRIPTIONS, WINDOW_DESCRIPTIONS
+from branet_pacs.imaging.roi import (DEFAULT_LESION_BOX, DEFAULT_WINDOW, LESION_BOX_DESCRIPTIONS, ROI_SIZE,
+                                    WINDOW_DESCRIPTIONS)
+from branet_pacs.models.feature_head import EQUAL_WEIGHT
 
 SEGMENTATION_REPORT = "proposals_litemedsam.json"   # written by `branet evaluate-proposals`, read into the card
 MIN_SCORE_REASON = 'fixed in advance as "more likely lesion than not", not tuned'   # `train-detector --min-score` default
@@ -136,9 +138,9 @@ def _head_inputs_text(settings: dict) -> str:
 
 
 def _combine_text(doc: dict) -> str:
-    weight = doc.get("cnn_weight") or {"shipped": 0.5, "method": "fixed"}
+    weight = doc.get("cnn_weight") or {"shipped": EQUAL_WEIGHT, "method": "fixed"}
     w = weight["shipped"]
-    if weight["method"] == "fixed" and w == 0.5:
+    if weight["method"] == "fixed" and w == EQUAL_WEIGHT:
         return "the mean of the CNN's and the head's logits"
     text = f"sigmoid({w} x the CNN's logit + {round(1 - w, 2)} x the head's logit)"
     if weight["method"] != "fixed":
@@ -168,6 +170,7 @@ def write_model_card(path: Path, doc: dict, loso: dict | None = None) -> Path:
     """MODEL_CARD.md from the metrics document (can be re-run on an existing metrics.json), with the
     leave-one-site-out report when one was measured for the recipe."""
     s, data, st = doc["summary"], doc["data"], doc["settings"]
+    side = data.get("roi_size", ROI_SIZE)
     rows = "\n".join(f"| {name.replace('_', ' ')} | {_fmt(s[name]['mean'])} ± {_fmt(s[name]['sd'])} | "
                       f"{_fmt(doc['oof'][name])} |" for name in M.METRIC_NAMES)
     folds = "\n".join(f"| {f['fold']} | {f['n']} ({f['n_malignant']} m) | {_fmt(f['roc_auc'])} | "
@@ -180,14 +183,14 @@ def write_model_card(path: Path, doc: dict, loso: dict | None = None) -> Path:
 **Research use only. Not a medical device; not for diagnosis.**
 
 ## Model
-ResNet18 (torchvision architecture, {_init_text(st)}), 1-channel {data.get('roi_size', 128)}×{data.get('roi_size', 128)} input,
+ResNet18 (torchvision architecture, {_init_text(st)}), 1-channel {side}×{side} input,
 dropout {st['dropout']} before a 2-class head (benign, malignant). Output: p(malignant) = softmax of the head.
 Weights: `weights.safetensors` (fp16; largest probability change vs fp32 on 64 training ROIs:
 {doc['final']['fp16_max_probability_change']:.2e}). Test-time augmentation (left-right flip): {'on' if st['tta'] else 'off'}.{_head_text(doc)}
 
 Input: a ROI made by `branet_pacs.imaging.roi.extract_roi` — the lesion box made square, widened by a margin of
 {data['margin']} of its side, padded with black outside the image, {_window_text(data)},
-resized to {data.get('roi_size', 128)}×{data.get('roi_size', 128)} and mapped to [-1, 1]. The pipeline cuts its ROIs with the same code, margin and window,
+resized to {side}×{side} and mapped to [-1, 1]. The pipeline cuts its ROIs with the same code, margin and window,
 around {_lesion_box_text(data)}.{_views_text(st)}
 
 ## Data

@@ -518,8 +518,8 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
             head = _fit_head(features[train_idx], ys[train_idx], settings)
             head.save(ckpt / f"fold{k}" / HEAD_FILE)   # beside best.safetensors: out-of-fold image evaluation
             oof_head[val_idx] = head.predict(features[val_idx])
-        cnn_weight = _cnn_weight(oof_cnn, oof_head, ys, oof_fold, settings.cnn_weight)
-        oof = cnn_weight.pop("oof").astype(np.float64)
+        oof, cnn_weight = _cnn_weight(oof_cnn, oof_head, ys, oof_fold, settings.cnn_weight)
+        oof = oof.astype(np.float64)
         parts = {name: M.binary_metrics(ys, values, M.youden_threshold(ys, values))
                  for name, values in (("cnn_only", oof_cnn), ("feature_head_only", oof_head))}
     threshold = M.youden_threshold(ys, oof)
@@ -624,15 +624,16 @@ def _write_oof_predictions(path: Path, files: Sequence[str], labels: np.ndarray,
 
 
 def _cnn_weight(oof_cnn: np.ndarray, oof_head: np.ndarray, labels: np.ndarray, fold: np.ndarray,
-                fixed: float | None) -> dict:
-    """The CNN's weight beside the head: `fixed`, or (None) picked on all out-of-fold predictions for the shipped
-    model, while the out-of-fold figures use the weight picked without each fold (nested: they stay out of fold)."""
+                fixed: float | None) -> tuple[np.ndarray, dict]:
+    """The out-of-fold combination and the record of the CNN's weight beside the head: `fixed`, or (None) picked on
+    all out-of-fold predictions for the shipped model, while the out-of-fold figures use the weight picked without
+    each fold (nested: they stay out of fold)."""
     if fixed is not None:
-        return {"shipped": fixed, "method": "fixed", "oof": combine(oof_cnn, oof_head, fixed)}
+        return combine(oof_cnn, oof_head, fixed), {"shipped": fixed, "method": "fixed"}
     oof, per_fold = nested_cnn_weight(oof_cnn, oof_head, labels, fold)
-    return {"shipped": pick_cnn_weight(oof_cnn, oof_head, labels), "per_fold": per_fold, "oof": oof,
-            "method": "ROC AUC of the out-of-fold combination; each fold's own figures with the weight picked "
-                      "on the other folds"}
+    return oof, {"shipped": pick_cnn_weight(oof_cnn, oof_head, labels), "per_fold": per_fold,
+                 "method": "ROC AUC of the out-of-fold combination; each fold's own figures with the weight picked "
+                           "on the other folds"}
 
 
 def classifier_input_spec(margin: float, margin_views: Sequence[float] = (), window: str = DEFAULT_WINDOW,

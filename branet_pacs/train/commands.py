@@ -117,7 +117,8 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         synthetic_ratio=args.synthetic_ratio, device=args.device, threads=args.threads, tta=args.tta,
         precision=args.precision, init=str(args.init) if args.init else None,
-        roi_jitter=args.roi_jitter, scanner_aug=args.scanner_aug, intensity_aug=args.intensity_aug, margin_views=args.margin_views,
+        roi_jitter=args.roi_jitter, scanner_aug=args.scanner_aug, intensity_aug=args.intensity_aug,
+        margin_views=args.margin_views,
         split_seed=args.split_seed, feature_head=args.feature_head or args.head_c is not None
         or args.head_inputs != "litemedsam", feature_head_inputs=check_inputs(args.head_inputs.split(",")),
         feature_head_c=tuple(float(c) for c in args.head_c.split(",")) if args.head_c else (DEFAULT_C,),

@@ -8,7 +8,8 @@ patient-grouped folds as the shipped mg-resnet18 (its oof_predictions.csv), it s
 embedding, with the crop embedding, and with both, each alone and combined with the shipped CNN; and the cross-site
 check (fit on all of CBIS-DDSM, score mini-MIAS lesions).
 
-The shipped CNN's out-of-fold logit is read from oof_predictions.csv's p_cnn, or for older models recovered from it (the product's p = mean of the CNN and head
+The shipped CNN's out-of-fold logit is read from oof_predictions.csv's p_cnn, or for older models recovered from it
+(the product's p = mean of the CNN and head
 logits): cnn = 2 logit(p) - head, with the shipped head (its inputs and C read from the model's metrics.json: 2.0.0
 film + descriptors, 2.1.0 film + crop + descriptors) refitted on the same training folds.
 
