@@ -50,7 +50,12 @@ def read_cbis_ddsm(src: str | Path, aspect: float = DEFAULT_ASPECT, site: str = 
             yield Case(name, path, normalise_label(rows[0]["label"]), group, site=site, tags=tags,
                        notes=(f"{film}: image file missing",), all_lesions_known=False)
             continue
-        shape = _restored_shape(path, aspect)
+        try:
+            shape = _restored_shape(path, aspect)
+        except OSError as exc:     # not an image PIL can read (PIL's UnidentifiedImageError is an OSError)
+            yield Case(name, path, normalise_label(rows[0]["label"]), group, site=site, tags=tags,
+                       notes=(f"{film}: unreadable image ({exc.__class__.__name__})",), all_lesions_known=False)
+            continue
         lesions = tuple(Lesion(normalise_label(row["label"]), box, box_ellipse_mask(shape, box), traced=False)
                         for box, row in ((_box(row, aspect), row) for row in rows))
         yield Case(name, path, image_category(lesions), group, lesions, site, tags=tags, row_scale=aspect)

@@ -176,7 +176,8 @@ def _new_run(settings: ClassifierTrainSettings, steps_per_epoch: int, seed: int,
 def initial_state(path: str | Path, dropout: float) -> dict[str, torch.Tensor]:
     """Start weights for `--init`: one of our classifiers, or a ResNet18 in torchvision's layout (e.g. ImageNet).
 
-    Ours: safetensors as written by `save_classifier` (the first member of an ensemble is used).
+    Ours: safetensors as written by `save_classifier` (the first member of an ensemble is used), or a backbone
+    without any head as `branet pretrain` writes it.
     torchvision's: a state dict with a 3-channel stem and a `fc` head, as safetensors or as a `.pth` file read with
     `torch.load(weights_only=True)` (tensors only, no arbitrary objects). Its stem is summed over the colour
     channels (a grey ROI is R = G = B) and its 1000-class head is dropped, so the 2-class head starts fresh.
@@ -184,9 +185,11 @@ def initial_state(path: str | Path, dropout: float) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as handle:
-            if "fc.weight" not in handle.keys():      # our layout: let the classifier loader check and read it
+            keys = list(handle.keys())
+            has_head = any(key.startswith("fc.") or ".fc." in key for key in keys)   # ensembles: "member0.fc..."
+            if has_head and "fc.weight" not in keys:   # our classifier layout: its loader checks and reads it
                 return load_classifier_networks(path, dropout)[0].state_dict()
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in keys}
     else:
         tensors = torch.load(path, map_location="cpu", weights_only=True)
         tensors = tensors.get("state_dict", tensors) if isinstance(tensors, dict) else None

@@ -14,6 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     _register_train(subparsers)
     detector.register(subparsers)
+    _register_pretrain(subparsers)
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -140,4 +141,55 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"{key:>18}: folds {summary[key]['mean']:.4f} ± {summary[key]['sd']:.4f}, pooled out-of-fold "
               f"{pooled[key]:.4f}")
     print(f"threshold {result['threshold']:.4f}; wrote {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- pretrain
+def _register_pretrain(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pretrain", help="self-supervised (SimCLR) pretraining of the classifier's ResNet18 on unlabelled images; "
+                         "then `branet train --init OUT/backbone.safetensors`")
+    p.add_argument("--data", nargs=2, metavar=("DATASET", "SRC"), required=True, action="append",
+                   help="a dataset reader and its folder (e.g. cbis-ddsm ../shared/data/cbis-ddsm); repeatable, one "
+                        "modality; no label is read")
+    p.add_argument("--out", type=Path, required=True, help="folder for backbone.safetensors, pretrain.json, patches")
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=128, help="patches per step, two views each (default 128)")
+    p.add_argument("--size", type=int, default=96, help="side the views are trained at (default 96)")
+    p.add_argument("--patches-per-image", type=int, default=16, help="random windows per image (default 16)")
+    p.add_argument("--no-lesion-windows", action="store_true",
+                   help="do not add the marked lesions' ROI windows to the random ones")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (same settings)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from branet_pacs.datasets.readers import READERS, modality_of
+    from branet_pacs.errors import CommandError
+    from branet_pacs.train.pretrain import BACKBONE_FILE, PretrainSettings, pretrain
+
+    unknown = [name for name, _ in args.data if name not in READERS]
+    if unknown:
+        raise CommandError(f"unknown dataset {unknown[0]!r} (known: {', '.join(sorted(READERS))})")
+    modalities = {modality_of(name) for name, _ in args.data}
+    if len(modalities) != 1:
+        raise CommandError(f"--data mixes modalities ({', '.join(sorted(modalities))}); pretrain one at a time")
+    if args.steps < 1 or args.batch_size < 2 or args.size < 32 or args.patches_per_image < 0:
+        raise CommandError("--steps >= 1, --batch-size >= 2, --size >= 32 and --patches-per-image >= 0 are needed")
+    settings = PretrainSettings(
+        modality=modalities.pop().lower(), patches_per_image=args.patches_per_image,
+        lesion_windows=not args.no_lesion_windows, size=args.size, batch_size=args.batch_size, steps=args.steps,
+        lr=args.lr, temperature=args.temperature, seed=args.seed, threads=args.threads)
+    report = pretrain([(name, Path(src)) for name, src in args.data], args.out, settings, resume=args.resume,
+                      quiet=args.quiet)
+    last = report["history"][-1]
+    print(f"{report['data']['patches']} patches from {report['data']['images']} images "
+          f"({len(report['data']['skipped'])} skipped); {report['steps']} steps in {report['train_seconds']:.0f} s; "
+          f"final loss {last['loss']:.3f}, pair accuracy {last['pair_accuracy']:.3f}")
+    print(f"backbone: {Path(args.out) / BACKBONE_FILE}  (branet train --init {Path(args.out) / BACKBONE_FILE})")
     return 0

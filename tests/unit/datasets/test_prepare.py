@@ -207,3 +207,18 @@ def test_cbis_ddsm_restores_the_aspect_and_groups_by_patient(tmp_path: Path) -> 
     assert not lesion.traced and lesion.mask.shape == case.pixels().shape == (200, 100)
     assert mask_box(lesion.mask) == lesion.box == (30, 80, 70, 120)
     assert lesion.mask[100, 50] and not lesion.mask[80, 30]          # centre in, box corner out
+
+
+def test_cbis_ddsm_unreadable_film_is_recorded_and_the_rest_prepared(tmp_path: Path) -> None:
+    src = tmp_path / "cbis"
+    (src / "films").mkdir(parents=True)
+    Image.fromarray(np.full((100, 100), 90, np.uint8)).save(src / "films" / "00001_LEFT_CC.jpg")
+    (src / "films" / "00002_LEFT_CC.jpg").write_bytes(b"truncated download")
+    (src / "lesions.csv").write_text(
+        "film,patient_id,side,view,label,pathology,x0,y0,x1,y1\n"
+        "films/00001_LEFT_CC.jpg,P_00001,LEFT,CC,benign,BENIGN,30,40,70,60\n"
+        "films/00002_LEFT_CC.jpg,P_00002,LEFT,CC,malignant,MALIGNANT,30,40,70,60\n")
+    report = prepare("cbis-ddsm", tmp_path / "out", src=src, margin=0.15)
+    assert dict(report.rois) == {"benign": 1}
+    assert len(report.skipped) == 1
+    assert "00002_LEFT_CC.jpg" in str(report.skipped[0]) and "unreadable" in str(report.skipped[0])
