@@ -9,6 +9,10 @@ the mini-MIAS ROIs (another site).
 
     python research/mg_cbis/ssl_probe.py /work/rois/cbis-ddsm --mias /work/rois/mias \
         random models/us-resnet18/weights.safetensors var/exp/ssl/mg-simclr/backbone.safetensors
+
+`--with-head`: each start's features also as a fifth block beside the shipped head's four (its recipe and C from
+models/mg-resnet18/metrics.json; head blocks refitted per fold), against the shipped head alone, with a patient
+bootstrap of the difference, and at mini-MIAS (heads fitted on all CBIS-DDSM ROIs).
 """
 import argparse
 import csv
@@ -25,9 +29,13 @@ from sklearn.preprocessing import StandardScaler
 
 from branet_pacs.datasets.rois import load_roi_set
 from branet_pacs.models.classifier import build_resnet18
+from branet_pacs.models.feature_head import FeatureHead, logit
 from branet_pacs.train.classifier import initial_state
+from common import grouped_bootstrap
+from crop_embedding_probe import SHIPPED, head_oof, line, shipped_head_recipe
+from crop_views_probe import shipped_blocks
 
-FOLDS_FROM = Path("models/mg-resnet18/oof_predictions.csv")
+FOLDS_FROM = SHIPPED / "oof_predictions.csv"
 
 
 def backbone(start: str) -> torch.nn.Module:
@@ -67,6 +75,7 @@ def main() -> None:
     parser.add_argument("--mias", type=Path, default=None)
     parser.add_argument("--c", type=float, nargs="+", default=[0.001, 0.01])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--with-head", action="store_true", help="also as a fifth block beside the shipped head")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_roi_set(args.rois)
@@ -90,6 +99,30 @@ def main() -> None:
                 other = f"{roc_auc_score(mias.labels, probe(c).fit(x, data.labels).predict_proba(x_mias)[:, 1]):9.3f}"
             print(f"{start[-60:]:60} {c:6g} {roc_auc_score(data.labels, p):12.3f} "
                   f"{' '.join(f'{a:.3f}' for a in per_fold):>32} {other}", flush=True)
+        if args.with_head:
+            beside_head(args, data, fold, x, mias, x_mias)
+
+
+def beside_head(args, data, fold: np.ndarray, x: np.ndarray, mias, x_mias: np.ndarray | None) -> None:
+    """The start's features as a fifth block of the shipped head (C from --c), out of fold and at mini-MIAS."""
+    y, groups = data.labels, np.array(data.groups)
+    inputs, base_c = shipped_head_recipe()
+    blocks = shipped_blocks(args.rois, inputs)
+    shipped = head_oof(blocks, base_c, y, fold)
+    print(line("  shipped head", y, shipped, fold))
+    m_blocks = shipped_blocks(args.mias, inputs) if mias is not None else None
+    for c in args.c:
+        z = head_oof(blocks + [x], base_c + [c], y, fold)
+        low, mid, high = grouped_bootstrap(y, groups, z, shipped)
+        print(line(f"  head + this block (C {c})", y, z, fold,
+                   f"  vs head {mid:+.3f} (95 % CI {low:+.3f} to {high:+.3f})"))
+        if m_blocks is not None:
+            train = np.concatenate(blocks + [x], axis=1)
+            head = FeatureHead.fit(train, y, base_c + [c], [b.shape[1] for b in blocks + [x]])
+            base = FeatureHead.fit(np.concatenate(blocks, axis=1), y, base_c, [b.shape[1] for b in blocks])
+            print(line("    mini-MIAS: head + this block", mias.labels,
+                       logit(head.predict(np.concatenate(m_blocks + [x_mias], axis=1)))))
+            print(line("    mini-MIAS: shipped head", mias.labels, logit(base.predict(np.concatenate(m_blocks, axis=1)))))
 
 
 if __name__ == "__main__":
