@@ -122,7 +122,8 @@ def beside_head(args, data, fold: np.ndarray, x: np.ndarray, mias, x_mias: np.nd
             base = FeatureHead.fit(np.concatenate(blocks, axis=1), y, base_c, [b.shape[1] for b in blocks])
             print(line("    mini-MIAS: head + this block", mias.labels,
                        logit(head.predict(np.concatenate(m_blocks + [x_mias], axis=1)))))
-            print(line("    mini-MIAS: shipped head", mias.labels, logit(base.predict(np.concatenate(m_blocks, axis=1)))))
+            shipped_mias = logit(base.predict(np.concatenate(m_blocks, axis=1)))
+            print(line("    mini-MIAS: shipped head", mias.labels, shipped_mias))
 
 
 if __name__ == "__main__":
