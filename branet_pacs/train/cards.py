@@ -104,9 +104,11 @@ def _recipe_text(settings: dict) -> str:
     return text
 
 
-def _init_text(settings: dict) -> str:
+def _init_text(settings: dict, description: str | None = None) -> str:
     if not settings.get("init"):
         return "random initialisation — no ImageNet weights"
+    if description:      # a `branet pretrain` backbone: say what it learned from
+        return f"initialised from {settings['init']} ({description}; no ImageNet weights)"
     return f"initialised from {settings['init']} (its first network when it is an ensemble; no ImageNet weights)"
 
 
@@ -183,7 +185,7 @@ def write_model_card(path: Path, doc: dict, loso: dict | None = None) -> Path:
 **Research use only. Not a medical device; not for diagnosis.**
 
 ## Model
-ResNet18 (torchvision architecture, {_init_text(st)}), 1-channel {side}×{side} input,
+ResNet18 (torchvision architecture, {_init_text(st, doc.get('init_description'))}), 1-channel {side}×{side} input,
 dropout {st['dropout']} before a 2-class head (benign, malignant). Output: p(malignant) = softmax of the head.
 Weights: `weights.safetensors` (fp16; largest probability change vs fp32 on 64 training ROIs:
 {doc['final']['fp16_max_probability_change']:.2e}). Test-time augmentation (left-right flip): {'on' if st['tta'] else 'off'}.{_head_text(doc)}

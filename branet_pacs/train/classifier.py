@@ -55,6 +55,7 @@ from branet_pacs.models.runtime import configure_torch, select_device
 from branet_pacs.train.augment import augment_rois, augment_settings
 from branet_pacs.train.cards import write_model_card
 from branet_pacs.train.lesion_features import roi_features
+from branet_pacs.train.pretrain import backbone_description
 
 log = logging.getLogger(__name__)
 
@@ -565,6 +566,7 @@ def _train(data: RoiSet, data_info: dict, out: Path, settings: ClassifierTrainSe
                  "synthetic_dir": str(synthetic_dir) if synthetic_dir else None,
                  "sites": sorted(set(data.sites))},
         "settings": dataclasses.asdict(settings),
+        "init_description": backbone_description(settings.init) if settings.init else None,
         "precision": str(amp) if amp else "fp32",
         "device": str(device),
         "threshold": threshold,

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
@@ -52,6 +53,7 @@ REPORT_FILE = "pretrain.json"
 BANK_FILE = "patches.npz"
 CHECKPOINT_FILE = "checkpoint.pt"
 BANK_VERSION = 1
+BACKBONE_FORMAT = "branet-resnet18-backbone"   # safetensors metadata "format" of what `pretrain` writes
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,20 @@ def backbone_state(net: ContrastiveNet) -> dict[str, torch.Tensor]:
     return {key: value.detach().float().cpu().contiguous() for key, value in net.backbone.state_dict().items()}
 
 
+def backbone_description(path: str | Path) -> str | None:
+    """What a `branet pretrain` backbone is, from its own metadata (for model cards); None for any other file."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    if meta.get("format") != BACKBONE_FORMAT:
+        return None
+    return (f"self-supervised {meta.get('method', '')} backbone: {meta.get('steps', '?')} steps on "
+            f"{meta.get('patches', '?')} unlabelled patches of {meta.get('images', '?')} images "
+            f"({meta.get('datasets', '?')}), no labels read")
+
+
 def pretrain(datasets: Sequence[tuple[str, Path]], out: str | Path, settings: PretrainSettings, *,
              resume: bool = False, quiet: bool = False) -> dict:
     """Build (or reuse) the patch bank, run `settings.steps` SimCLR steps (resumable), write the backbone and the
@@ -267,7 +283,9 @@ def pretrain(datasets: Sequence[tuple[str, Path]], out: str | Path, settings: Pr
             window_loss, window_acc, window_start = [], [], time.time()
     progress.close()
     save_file(backbone_state(net), str(out / BACKBONE_FILE),
-              metadata={"format": "branet-resnet18-backbone", "method": "SimCLR"})
+              metadata={"format": BACKBONE_FORMAT, "method": "SimCLR", "steps": str(step),
+                        "patches": str(bank["patches"]), "images": str(bank["images"]),
+                        "datasets": ", ".join(name for name, _ in bank["signature"]["datasets"])})
     report = {"method": "SimCLR (NT-Xent), projection MLP dropped", "settings": settings_record,
               "data": {k: v for k, v in bank.items() if k != "signature"} | {"datasets": bank["signature"]["datasets"]},
               "view_augmentation": dataclasses.asdict(views), "steps": step, "history": history,

@@ -15,8 +15,9 @@ from safetensors import safe_open
 
 from branet_pacs.cli import main
 from branet_pacs.train import classifier as trainer
-from branet_pacs.train.pretrain import (BACKBONE_FILE, REPORT_FILE, PretrainSettings, nt_xent, pretrain,
-                                        random_windows, two_views, view_settings)
+from branet_pacs.train import cards
+from branet_pacs.train.pretrain import (BACKBONE_FILE, REPORT_FILE, PretrainSettings, backbone_description, nt_xent,
+                                        pretrain, random_windows, two_views, view_settings)
 
 TINY = PretrainSettings(modality="mg", patches_per_image=3, size=32, batch_size=6, steps=4, threads=1,
                         checkpoint_every=2)
@@ -96,6 +97,14 @@ def test_pretrain_writes_a_backbone_that_train_init_reads(tmp_path: Path) -> Non
     state = trainer.initial_state(path, dropout=0.5)
     assert torch.equal(state["conv1.weight"], stem)
     assert state["fc.1.weight"].shape == (2, 512)              # the classifier's head starts fresh
+    description = backbone_description(path)                    # what a model card started from it says
+    assert description == ("self-supervised SimCLR backbone: 4 steps on 16 unlabelled patches of 4 images "
+                           "(cbis-ddsm), no labels read")
+    assert description in cards._init_text({"init": str(path)}, description)
+    from branet_pacs.models.classifier import build_resnet18, save_classifier
+
+    save_classifier(build_resnet18(), tmp_path / "classifier.safetensors")
+    assert backbone_description(tmp_path / "classifier.safetensors") is None
 
 
 def test_resume_continues_and_refuses_other_settings(tmp_path: Path) -> None:
