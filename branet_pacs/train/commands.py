@@ -185,8 +185,11 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         modality=modalities.pop().lower(), patches_per_image=args.patches_per_image,
         lesion_windows=not args.no_lesion_windows, size=args.size, batch_size=args.batch_size, steps=args.steps,
         lr=args.lr, temperature=args.temperature, seed=args.seed, threads=args.threads)
-    report = pretrain([(name, Path(src)) for name, src in args.data], args.out, settings, resume=args.resume,
-                      quiet=args.quiet)
+    try:
+        report = pretrain([(name, Path(src)) for name, src in args.data], args.out, settings, resume=args.resume,
+                          quiet=args.quiet)
+    except ValueError as exc:    # nothing to learn from, or a checkpoint of other settings: say so, no traceback
+        raise CommandError(str(exc)) from exc
     last = report["history"][-1]
     print(f"{report['data']['patches']} patches from {report['data']['images']} images "
           f"({len(report['data']['skipped'])} skipped); {report['steps']} steps in {report['train_seconds']:.0f} s; "

@@ -14,8 +14,9 @@ cut through the one ROI code path (`imaging.roi.extract_roi`, each crop its own 
 label (benign/malignant) is read. Images that cannot be read are listed with the reason in pretrain.json.
 
 Outputs in OUT: `backbone.safetensors` (the ResNet18 without its head, 1-channel stem, torchvision key names),
-`pretrain.json` (settings, data, loss history, time), `patches.npz` (the patch bank, reused when the data and
-patch settings are the same), `checkpoint.pt` (resume after a stop; read with weights_only=True).
+`pretrain.json` (settings, data, loss history, time), `patches.npz` (the patch bank, reused when the dataset
+folders and patch settings are the same: delete it after changing a folder's images), `checkpoint.pt` (resume
+after a stop; read with weights_only=True).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _bank_signature(datasets: Sequence[tuple[str, Path]], settings: PretrainSett
 def patch_bank(datasets: Sequence[tuple[str, Path]], settings: PretrainSettings, out: Path,
                quiet: bool = False) -> tuple[np.ndarray, dict]:
     """The patches of every image of `datasets` (uint8 (N, 128, 128)) and a record of what was read and skipped;
-    cached in OUT/patches.npz for the same datasets and patch settings."""
+    cached in OUT/patches.npz for the same dataset folders and patch settings (keyed on paths, not contents)."""
     signature = _bank_signature(datasets, settings)
     cached = out / BANK_FILE
     if cached.is_file():

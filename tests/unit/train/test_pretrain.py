@@ -131,3 +131,13 @@ def test_cli_refuses_mixed_modalities_and_unknown_datasets(tmp_path: Path, capsy
     assert "mixes modalities" in capsys.readouterr().err
     assert main(["pretrain", "--data", "inbreast", str(tmp_path), "--out", str(tmp_path / "o")]) != 0
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_cli_says_why_a_resume_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _films(tmp_path / "cbis", n=2)
+    common = ["pretrain", "--data", "cbis-ddsm", str(data), "--out", str(tmp_path / "o"), "--steps", "2",
+              "--batch-size", "4", "--size", "32", "--patches-per-image", "2", "--threads", "1", "--quiet"]
+    assert main(common) == 0
+    assert "backbone.safetensors" in capsys.readouterr().out
+    assert main(common + ["--lr", "0.1", "--resume"]) == 2
+    assert "other settings" in capsys.readouterr().err
