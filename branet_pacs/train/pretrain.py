@@ -127,8 +127,9 @@ def patch_bank(datasets: Sequence[tuple[str, Path]], settings: PretrainSettings,
     cached = out / BANK_FILE
     if cached.is_file():
         with np.load(cached, allow_pickle=False) as saved:
-            if json.loads(str(saved["record"]))["signature"] == signature:
-                return saved["patches"], json.loads(str(saved["record"]))
+            record = json.loads(str(saved["record"]))
+            if record["signature"] == signature:
+                return saved["patches"], record
     rng = np.random.default_rng(settings.seed)
     chunks, skipped, images = [], [], 0
     for name, src in datasets:

@@ -111,20 +111,19 @@ def beside_head(args, data, fold: np.ndarray, x: np.ndarray, mias, x_mias: np.nd
     shipped = head_oof(blocks, base_c, y, fold)
     print(line("  shipped head", y, shipped, fold))
     m_blocks = shipped_blocks(args.mias, inputs) if mias is not None else None
+    if m_blocks is not None:     # the shipped head fitted on all CBIS-DDSM ROIs, scored at mini-MIAS: once
+        base = FeatureHead.fit(np.concatenate(blocks, axis=1), y, base_c, [b.shape[1] for b in blocks])
+        print(line("  mini-MIAS: shipped head", mias.labels, logit(base.predict(np.concatenate(m_blocks, axis=1)))))
     for c in args.c:
         z = head_oof(blocks + [x], base_c + [c], y, fold)
         low, mid, high = grouped_bootstrap(y, groups, z, shipped)
         print(line(f"  head + this block (C {c})", y, z, fold,
                    f"  vs head {mid:+.3f} (95 % CI {low:+.3f} to {high:+.3f})"))
         if m_blocks is not None:
-            train = np.concatenate(blocks + [x], axis=1)
-            head = FeatureHead.fit(train, y, base_c + [c], [b.shape[1] for b in blocks + [x]])
-            base = FeatureHead.fit(np.concatenate(blocks, axis=1), y, base_c, [b.shape[1] for b in blocks])
+            head = FeatureHead.fit(np.concatenate(blocks + [x], axis=1), y, base_c + [c],
+                                   [b.shape[1] for b in blocks + [x]])
             print(line("    mini-MIAS: head + this block", mias.labels,
                        logit(head.predict(np.concatenate(m_blocks + [x_mias], axis=1)))))
-            shipped_mias = logit(base.predict(np.concatenate(m_blocks, axis=1)))
-            print(line("    mini-MIAS: shipped head", mias.labels, shipped_mias))
-
 
 if __name__ == "__main__":
     main()

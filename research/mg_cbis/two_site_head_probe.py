@@ -33,9 +33,10 @@ def main() -> None:
     mias_fold = np.zeros(len(mias), dtype=int)
     for k, (_, held) in zip(k_values, make_folds(mias.labels, mias.groups, len(k_values), seed=0)):
         mias_fold[held] = k
-    x_cbis = np.concatenate(shipped_blocks(args.cbis, inputs), axis=1)
+    cbis_blocks = shipped_blocks(args.cbis, inputs)
+    widths = [b.shape[1] for b in cbis_blocks]
+    x_cbis = np.concatenate(cbis_blocks, axis=1)
     x_mias = np.concatenate(shipped_blocks(args.mias, inputs), axis=1)
-    widths = [b.shape[1] for b in shipped_blocks(args.cbis, inputs)]
     both = {"cbis": np.zeros(len(cbis)), "mias": np.zeros(len(mias))}
     alone = {"cbis": np.zeros(len(cbis)), "mias": np.zeros(len(mias))}
     for k in k_values:
